@@ -1,0 +1,1 @@
+"""EG3D in plain PyTorch. Knows nothing of GOAE (imports nothing else from goae)."""
