@@ -1,0 +1,123 @@
+"""Occlusion-aware mix tri-plane (paper §4.3, Eqs. 7-8).
+
+Eq. 7's visible set V = {π D(u,v) K^-1 [u,v,1]} is computed as ray_origin + depth·ray_dir per input-view
+pixel (the renderer's depth is the distance along the normalised ray, so this is the same point). V has
+no volume on a plane, so "tri-plane restricted to V" is read as V's footprint on each plane: every
+visible point marks the plane cell it projects to, and the footprint is softened (blur, threshold, blur)
+into a mask. Eq. 8 then blends mask·F*-planes + (1-mask)·w+-planes.
+
+Cell mapping: coords g = xyz·2/box_warp ∈ [-1,1]; cell = floor((g+1)/2·res), clamped to [0,res-1].
+This is the release's floor((x+0.5)·256) (box_warp 1) and also exactly the texel whose footprint contains
+g under grid_sample(align_corners=False) (texel i spans g ∈ [2i/res-1, 2(i+1)/res-1)), so both readings
+give the same cells. Out-of-box points are clamped onto the border cells, as the release does.
+
+Plane layout (renderer): plane 0 = (x,y), plane 1 = (x,z), plane 2 = (z,x), as (column, row) coordinates.
+Paper default: all three planes, fixed σ. Release (goae/training/goae.py:264-299): plane 0 only, σ ~ U[1,2]
+redrawn on every blur call, no depth test; planes 1 and 2 are the F* planes unchanged (mask = 1 there).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+PLANE_AXES = ((0, 1), (0, 2), (2, 0))  # (column axis, row axis) of planes XY, XZ, ZX
+
+
+@dataclass(frozen=True)
+class MixConfig:
+    planes: Literal["all", "xy"] = "all"        # paper: all three; release: plane 0 (XY) only
+    blur: Literal["fixed", "random"] = "fixed"  # release: σ ~ U[sigma_range] per blur call
+    sigma: float = 1.5
+    sigma_range: tuple[float, float] = (1.0, 2.0)
+    threshold: float = 0.35                     # release binarises the first blur at > 0.35
+    kernel: int = 9                             # release GaussianBlur(9, ...)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float | torch.Tensor, kernel: int) -> torch.Tensor:
+    """Separable Gaussian blur of [B,C,H,W]; sigma a float or per-(b,c) tensor [B,C] / [B] / [B,1].
+    Taps at integer offsets -(k-1)/2..(k-1)/2, normalised to sum 1, reflect padding (torchvision's
+    gaussian_blur conventions, which the release calls)."""
+    B, C, H, W = x.shape
+    sig = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
+    sig = (sig[:, None] if sig.ndim == 1 else sig).expand(B, C)
+    half = (kernel - 1) / 2
+    t = torch.linspace(-half, half, kernel, dtype=x.dtype, device=x.device)
+    k = torch.exp(-0.5 * (t / sig.reshape(-1, 1)) ** 2)
+    k = k / k.sum(-1, keepdim=True)                                  # [B*C, kernel]
+    p = kernel // 2
+    y = F.pad(x.reshape(1, B * C, H, W), (p, p, p, p), mode="reflect")
+    y = F.conv2d(y, k.reshape(B * C, 1, 1, kernel), groups=B * C)   # along W
+    y = F.conv2d(y, k.reshape(B * C, 1, kernel, 1), groups=B * C)   # along H
+    return y.reshape(B, C, H, W)
+
+
+def splat_footprint(points: torch.Tensor, H: int, W: int, box_warp: float, planes: tuple[int, ...] = (0, 1, 2),
+                    valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Binary footprint of points [B,M,3] on each requested plane -> [B,len(planes),H,W] in {0,1}."""
+    B, M, _ = points.shape
+    ok = torch.isfinite(points).all(-1)
+    if valid is not None:
+        ok = ok & (valid.reshape(B, M) > 0.5)
+    g = torch.where(ok[..., None], points, torch.zeros_like(points)) * (2.0 / box_warp)
+    out = []
+    for p in planes:
+        a_col, a_row = PLANE_AXES[p]
+        col = torch.floor((g[..., a_col] + 1) * 0.5 * W).clamp(0, W - 1).long()
+        row = torch.floor((g[..., a_row] + 1) * 0.5 * H).clamp(0, H - 1).long()
+        hits = torch.zeros(B, H * W, dtype=points.dtype, device=points.device)
+        hits.scatter_add_(1, row * W + col, ok.to(points.dtype))
+        out.append((hits > 0).to(points.dtype).reshape(B, H, W))
+    return torch.stack(out, 1)
+
+
+def _sigmas(cfg: MixConfig, shape: tuple[int, int], generator: torch.Generator | None, device) -> torch.Tensor | float:
+    if cfg.blur == "fixed":
+        return cfg.sigma
+    if cfg.blur != "random":
+        raise ValueError(f"blur must be 'fixed' or 'random', got {cfg.blur!r}")
+    if generator is None:
+        raise ValueError("blur='random' needs an explicit torch.Generator")
+    lo, hi = cfg.sigma_range
+    u = torch.rand(shape, generator=generator, device=generator.device)
+    return (lo + (hi - lo) * u).to(device)
+
+
+def visibility_masks(depth: torch.Tensor, ray_origins: torch.Tensor, ray_directions: torch.Tensor, H: int, W: int,
+                     box_warp: float, cfg: MixConfig = MixConfig(), valid: torch.Tensor | None = None,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """Soft mask of the visible set V on each plane -> [B,3,1,H,W] (no gradient).
+
+    depth [B,M,1] input-view depth along the rays, ray_origins/directions [B,M,3], valid optional
+    [B,M(,1)] (0 = do not splat, e.g. background pixels)."""
+    if cfg.planes not in ("all", "xy"):
+        raise ValueError(f"planes must be 'all' or 'xy', got {cfg.planes!r}")
+    planes = (0, 1, 2) if cfg.planes == "all" else (0,)
+    with torch.no_grad():
+        points = ray_origins + depth.detach() * ray_directions  # Eq. 7: back-projected visible points
+        m = splat_footprint(points.float(), H, W, box_warp, planes, valid)
+        shape = tuple(m.shape[:2])
+        m = gaussian_blur(m, _sigmas(cfg, shape, generator, m.device), cfg.kernel)
+        m = (m > cfg.threshold).to(m.dtype)
+        m = gaussian_blur(m, _sigmas(cfg, shape, generator, m.device), cfg.kernel)  # soft edges
+        if len(planes) == 1:  # 'xy': planes 1, 2 keep F* (mask 1)
+            m = torch.cat([m, torch.ones_like(m).expand(-1, 2, -1, -1)], 1)
+        return m.unsqueeze(2)
+
+
+def occlusion_aware_mix(planes_fstar: torch.Tensor, planes_wplus: torch.Tensor, depth: torch.Tensor,
+                        ray_origins: torch.Tensor, ray_directions: torch.Tensor, box_warp: float,
+                        cfg: MixConfig = MixConfig(), valid: torch.Tensor | None = None,
+                        generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 8: tri-plane_mix = F*-planes on V + w+-planes on O. planes_* [B,3,C,H,W].
+    Returns (planes_mix [B,3,C,H,W], masks [B,3,1,H,W]); gradients flow to both plane sets."""
+    if planes_fstar.shape != planes_wplus.shape or planes_fstar.ndim != 5 or planes_fstar.shape[1] != 3:
+        raise ValueError(f"planes must both be [B,3,C,H,W], got {tuple(planes_fstar.shape)}, "
+                         f"{tuple(planes_wplus.shape)}")
+    H, W = planes_fstar.shape[-2:]
+    masks = visibility_masks(depth, ray_origins, ray_directions, H, W, box_warp, cfg, valid, generator)
+    masks = masks.to(planes_fstar.dtype)
+    planes_mix = masks * planes_fstar + (1 - masks) * planes_wplus  # Eq. 8
+    return planes_mix, masks
