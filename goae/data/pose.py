@@ -1,0 +1,158 @@
+"""EG3D camera labels from 2D face landmarks (offline stand-in for Deep3DFaceRecon + 3dface2idr).
+
+Conventions (EG3D `docs/camera_conventions.md`): cam2world, OpenCV camera (x right, y down,
+z forward), world y up; label = 16 row-major cam2world + 9 normalised intrinsics.
+Pixel coordinates are pixel-centre based (pixel i has centre i), matching EG3D's ray sampler, which
+puts pixel i at normalised (i + 0.5) / size.
+Angles are radians. yaw/pitch are the sphere coordinates of the camera around the world origin
+(as EG3D's LookAtPoseSampler: yaw > 0 puts the camera at +x, pitch > 0 puts it below the horizon);
+pitch here is the true elevation angle, while the sampler's `v` maps to it via `lookat_sampler_hv`.
+roll is the camera's rotation about its optical axis relative to the no-roll look-at frame.
+"""
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from goae.data import face_template as ft
+
+FOCAL = 4.2647          # 2985.29 / 700, EG3D FFHQ labels
+RADIUS = 2.7
+PIVOT = np.array([0.0, 0.0, 0.2])
+FLIP_YAW_INDICES = (1, 2, 3, 4, 8)   # preprocess_face_cameras.py flip_yaw
+INTRINSICS = np.array([[FOCAL, 0.0, 0.5], [0.0, FOCAL, 0.5], [0.0, 0.0, 1.0]])
+
+
+def lookat_rotation(origin: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """[3,3] cam2world rotation of a camera at `origin` looking at `target`, world up (0,1,0),
+    columns [right, up', forward] as EG3D's create_cam2world_matrix."""
+    fwd = target - origin
+    fwd = fwd / np.linalg.norm(fwd)
+    right = -np.cross(np.array([0.0, 1.0, 0.0]), fwd)
+    right /= np.linalg.norm(right)
+    up = np.cross(fwd, right)
+    return np.stack([right, up / np.linalg.norm(up), fwd], axis=1)
+
+
+def _rot_z(a: float) -> np.ndarray:
+    c, s = np.cos(a), np.sin(a)
+    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+
+
+def lookat_cam2world(yaw: float, pitch: float, roll: float = 0.0, pivot=PIVOT,
+                     radius: float = RADIUS) -> np.ndarray:
+    """[4,4] camera on the sphere of `radius` around the world origin looking at `pivot`."""
+    origin = radius * np.array([np.cos(pitch) * np.sin(yaw), -np.sin(pitch), np.cos(pitch) * np.cos(yaw)])
+    m = np.eye(4)
+    m[:3, :3] = lookat_rotation(origin, np.asarray(pivot, dtype=np.float64)) @ _rot_z(roll)
+    m[:3, 3] = origin
+    return m
+
+
+def lookat_sampler_hv(yaw: float, pitch: float) -> tuple[float, float]:
+    """(h, v) for EG3D's LookAtPoseSampler.sample giving this camera position (its v is not an angle:
+    cos(phi) = 1 - 2v/pi)."""
+    return np.pi / 2 + yaw, np.pi / 2 * (1.0 + np.sin(pitch))
+
+
+def make_label(cam2world: np.ndarray) -> np.ndarray:
+    """[25] float32 EG3D label."""
+    return np.concatenate([np.asarray(cam2world, np.float64).reshape(16), INTRINSICS.reshape(9)]).astype(np.float32)
+
+
+def yaw_pitch_roll(label) -> tuple[float, float, float]:
+    """Inverse of `lookat_cam2world` (pivot (0,0,0.2)) for a label or a 4x4 cam2world."""
+    m = np.asarray(label, dtype=np.float64).reshape(-1)[:16].reshape(4, 4)
+    c, rot = m[:3, 3], m[:3, :3]
+    yaw = float(np.arctan2(c[0], c[2]))
+    pitch = float(-np.arcsin(np.clip(c[1] / np.linalg.norm(c), -1.0, 1.0)))
+    rel = lookat_rotation(c, PIVOT).T @ rot
+    return yaw, pitch, float(np.arctan2(rel[1, 0], rel[0, 0]))
+
+
+def flip_yaw(label: np.ndarray) -> np.ndarray:
+    """Mirror a label (or a batch [..., 25] / [..., 16]) across the world x = 0 plane, as EG3D:
+    conjugation of cam2world by diag(-1, 1, 1, 1)."""
+    out = np.array(label, copy=True)
+    out[..., list(FLIP_YAW_INDICES)] *= -1
+    return out
+
+
+def mirror_landmarks(points: np.ndarray, width: int) -> np.ndarray:
+    """Landmarks of the horizontally flipped image: x -> width - 1 - x, left/right swapped."""
+    p = np.array(points, dtype=np.float64, copy=True)
+    p[..., 0] = width - 1 - p[..., 0]
+    perm = {5: ft.FLIP5, 68: ft.FLIP68}[p.shape[-2]]
+    return p[..., perm, :]
+
+
+def pixel_intrinsics(size: int) -> np.ndarray:
+    """[3,3] EG3D intrinsics in pixel-centre coordinates of a size x size crop."""
+    return np.array([[FOCAL * size, 0.0, 0.5 * size - 0.5], [0.0, FOCAL * size, 0.5 * size - 0.5], [0.0, 0.0, 1.0]])
+
+
+def project(points_world: np.ndarray, cam2world: np.ndarray, size: int) -> np.ndarray:
+    """[N,3] world points -> [N,2] pixel coordinates through an EG3D camera."""
+    m = np.asarray(cam2world, dtype=np.float64).reshape(-1)[:16].reshape(4, 4)
+    cam = (np.asarray(points_world, dtype=np.float64) - m[:3, 3]) @ m[:3, :3]
+    uvw = cam @ pixel_intrinsics(size).T
+    return uvw[:, :2] / uvw[:, 2:3]
+
+
+def template_points(n: int) -> np.ndarray:
+    return {5: ft.template5_world, 68: ft.template68_world}[n]()
+
+
+def project_template(yaw: float, pitch: float, roll: float, crop_size: int, n_points: int = 5) -> np.ndarray:
+    """[n,2] template landmarks as seen by the look-at camera (yaw, pitch, roll) in a crop_size crop."""
+    return project(template_points(n_points), lookat_cam2world(yaw, pitch, roll), crop_size)
+
+
+@dataclass
+class PoseFit:
+    cam2world: np.ndarray   # [4,4], radius-normalised
+    label: np.ndarray       # [25] float32
+    rms_px: float           # reprojection RMS of the unnormalised fit
+    distance: float         # camera-to-world-origin distance before normalisation
+
+
+def fit_camera(points_2d: np.ndarray, crop_size: int, mode: str = "orig") -> PoseFit:
+    """Rigid PnP of the world template to 5 (EG3D order) or 68 (iBUG) landmarks in an EG3D crop.
+
+    The world->camera fit is inverted to cam2world, so the template renders at the landmarks; then
+    the camera is moved to radius 2.7: mode 'orig' scales its position (EG3D fix_pose_orig),
+    mode 'lookat' slides it along its optical axis until it looks exactly at the pivot.
+    """
+    pts = np.asarray(points_2d, dtype=np.float64).reshape(-1, 2)
+    obj = template_points(pts.shape[0])
+    k = pixel_intrinsics(crop_size)
+    # SQPnP: global optimum from >= 3 points; ITERATIVE (LM) then polishes it.
+    ok, rvec, tvec = cv2.solvePnP(obj, pts, k, None, flags=cv2.SOLVEPNP_SQPNP)
+    if not ok:
+        raise RuntimeError("solvePnP (SQPNP) failed")
+    ok, rvec, tvec = cv2.solvePnP(obj, pts, k, None, rvec, tvec, useExtrinsicGuess=True,
+                                  flags=cv2.SOLVEPNP_ITERATIVE)
+    proj, _ = cv2.projectPoints(obj, rvec, tvec, k, None)
+    rms = float(np.sqrt(((proj.reshape(-1, 2) - pts) ** 2).sum(1).mean()))
+    r_w2c = cv2.Rodrigues(rvec)[0]
+    if ((obj @ r_w2c.T + tvec.reshape(3))[:, 2] <= 0).any():
+        raise RuntimeError("pose fit put the face behind the camera; landmarks are inconsistent")
+    rot, c = r_w2c.T, -r_w2c.T @ tvec.reshape(3)
+    dist = float(np.linalg.norm(c))
+    if mode == "orig":
+        c = c * (RADIUS / dist)
+    elif mode == "lookat":
+        f = rot[:, 2]
+        pf = float(PIVOT @ f)
+        lam = pf + np.sqrt(pf * pf - PIVOT @ PIVOT + RADIUS ** 2)
+        c = PIVOT - lam * f
+    else:
+        raise ValueError(f"unknown mode {mode!r}")
+    m = np.eye(4)
+    m[:3, :3], m[:3, 3] = rot, c
+    return PoseFit(m, make_label(m), rms, dist)
+
+
+def label_from_landmarks(points_2d: np.ndarray, crop_size: int, mode: str = "orig") -> np.ndarray:
+    """[25] float32 EG3D label from landmarks (pixel-centre coords) in a crop_size EG3D crop."""
+    return fit_camera(points_2d, crop_size, mode).label
