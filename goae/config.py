@@ -69,6 +69,7 @@ class AssetsConfig:
     lpips_alexnet: Optional[str] = None
     inception: Optional[str] = None
     allow_fallbacks: list[str] = field(default_factory=lambda: ["embedded", "packaged", "random"])
+    random_arcface: Literal["ir_se50", "tiny"] = "ir_se50"  # the 'random' ArcFace stand-in's size
 
 
 @dataclass
@@ -85,8 +86,8 @@ class DavgConfig:
     n_samples: int = field(default=100_000, metadata=_rng(1))  # paper: 0.1 million canonical samples
     batch_size: int = field(default=16, metadata=_rng(1))
     seed: int = field(default=0, metadata=_rng(0))
-    mask: Literal["depth", "selfie", "bisenet"] = "bisenet"
-    depth_threshold: float = field(default=0.5, metadata=_rng(0.0))  # opacity threshold ('depth' mask)
+    mask: Literal["depth", "selfie", "bisenet"] = "bisenet"    # paper: BiSeNet face parsing [52]
+    opacity_min: float = field(default=0.5, metadata=_rng(0.0, 1.0))  # 'depth' mask: background = opacity below
 
 
 @dataclass
@@ -114,7 +115,7 @@ class LossConfig:
     r1_interval: int = field(default=16, metadata=_rng(1))      # lazy R1 (e4e d_reg_every)
     d_rows: Literal["all", "base"] = "all"                      # paper: every w_i; release: row 0
     canonical: Literal["paper", "release"] = "paper"            # w_c pose: static vs yaw/pitch jitter
-    stage2_adv: bool = False                                    # release keeps latent-D loss in stage 2
+    d_avg: Literal["scalar", "map"] = "scalar"                  # Eq. 4 target: mean or per-pixel map
 
 
 @dataclass

@@ -61,7 +61,8 @@ def test_random_is_seeded_and_leaves_global_rng(net):
     assert torch.equal(torch.random.get_rng_state(), state)
     assert torch.equal(again.body[5].res_layer[1].weight, net.body[5].res_layer[1].weight)
     assert not torch.equal(random_arcface(seed=1).body[5].res_layer[1].weight, net.body[5].res_layer[1].weight)
-    assert net.provenance == "random(seed=0)"
+    assert net.provenance == "random(seed=0, layers=50)"
+    assert random_arcface(0, num_layers=4)(torch.zeros(1, 3, 112, 112)).shape == (1, 512)
 
 
 def test_strict_load_roundtrip(net, tmp_path):

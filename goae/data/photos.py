@@ -42,6 +42,8 @@ def prepare_photos(files, dst: str | Path, *, detector: str = "mtcnn", output_si
     for f in tqdm(list(files), desc=f"photos/{dst.name}", disable=not progress, unit="img"):
         f = Path(f)
         key = str(f.relative_to(root)) if root else f.name
+        if key in report:  # same file name from two folders: keep both outcomes
+            key = str(f)
         try:
             img = read_image(f)
             crop, label, info, pts = crop_and_pose(img, det, output_size, min_face_px, roll_align)
@@ -54,7 +56,10 @@ def prepare_photos(files, dst: str | Path, *, detector: str = "mtcnn", output_si
         except Exception as e:  # a failure we did not foresee still must not stop the others
             report[key] = {"status": "skipped", "reason": "error", "detail": f"{type(e).__name__}: {e}"}
             continue
-        name = f"{Path(key).with_suffix('').as_posix().replace('/', '__')}.png"
+        stem = Path(key).with_suffix('').as_posix().replace('/', '__')
+        name, k = f"{stem}.png", 1
+        while any(n == name for n, _ in labels):  # a.jpg and a.png must not share one crop
+            name, k = f"{stem}_{k}.png", k + 1
         write_png_atomic(dst / name, crop)
         labels.append((name, label.tolist()))
         ypr = [float(np.degrees(a)) for a in yaw_pitch_roll(label)]

@@ -23,6 +23,9 @@ _STAGES = {
     50: [(64, 64, 3), (64, 128, 4), (128, 256, 14), (256, 512, 3)],
     100: [(64, 64, 3), (64, 128, 13), (128, 256, 30), (256, 512, 3)],
     152: [(64, 64, 3), (64, 128, 8), (128, 256, 36), (256, 512, 3)],
+    # Not an ArcFace: a 4-unit stand-in with the same blocks and output for random-weight runs
+    # (the embedded world), ~5x cheaper than IR-SE50 — random weights carry no identity either way.
+    4: [(64, 64, 1), (64, 128, 1), (128, 256, 1), (256, 512, 1)],
 }
 
 
@@ -75,12 +78,13 @@ class IRSE50(nn.Module):
         return F.normalize(x, dim=1)  # l2_norm of the original (x / ||x||)
 
 
-def random_arcface(seed: int = 0) -> IRSE50:
-    """Randomly initialised IR-SE50 (eval mode) for offline tests; never a real ID metric."""
+def random_arcface(seed: int = 0, num_layers: int = 50) -> IRSE50:
+    """Randomly initialised IR-SE (eval mode) for offline runs; never a real ID metric.
+    num_layers=4 is the cheap stand-in the embedded world uses (assets.random_arcface: tiny)."""
     with torch.random.fork_rng(devices=[]):  # default init uses the global RNG: seed it locally
         torch.manual_seed(seed)
-        net = IRSE50()
-    net.provenance = f"random(seed={seed})"
+        net = IRSE50(num_layers=num_layers)
+    net.provenance = f"random(seed={seed}, layers={num_layers})"
     return net.eval().requires_grad_(False)
 
 

@@ -1,0 +1,68 @@
+"""`ingest`: the generator the pipeline uses, and the raw data (embedded world or indexed user folders)."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from tqdm import tqdm
+
+from goae.config import Params
+from goae.data.dataset import IMAGE_EXTS, write_json_atomic
+from goae.data.world import build_embedded_generator, render_world
+from goae.train import common
+
+
+def write_generator(p: Params, folder: Path, device):
+    """Embedded: build + save the tiny EG3D. Real: validate the converted checkpoint and point to it
+    (no 120 MB copy; its sha256 pins it, so a different file re-runs every downstream stage)."""
+    folder = Path(folder)
+    prov: dict = {}
+    path = common.asset(p, "generator", prov)
+    if path is None:
+        G, cfg = build_embedded_generator(p.generator, device)
+        common.save_module(folder / "generator", G, cfg)
+        meta = {"provenance": cfg["provenance"]}
+    else:
+        prefix = Path(path)
+        prefix = prefix.with_suffix("") if prefix.suffix in (".safetensors", ".json") else prefix
+        if prefix.suffix == ".pkl" or not prefix.with_suffix(".safetensors").is_file():
+            raise FileNotFoundError(
+                f"assets.generator: expected a converted checkpoint prefix (X.safetensors + X.json); "
+                f"convert NVIDIA's pickle first: goae convert-eg3d ffhqrebalanced512-128.pkl {prefix}")
+        sha = common.sha256_file(prefix.with_suffix(".safetensors"))
+        meta = {"pointer": str(prefix.resolve()), "sha256": sha,
+                "provenance": {"kind": "file", "file": prefix.name, "sha256": sha}}
+    write_json_atomic(folder / "source.json", meta)
+    G, _ = common.load_generator(folder, device)
+    return G, meta["provenance"]
+
+
+def _sha1(path: Path) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        while b := f.read(1 << 20):
+            h.update(b)
+    return h.hexdigest()
+
+
+def index_folder(root: str | Path) -> list[dict]:
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data folder {root} does not exist")
+    files = sorted(f for f in root.rglob("*") if f.is_file() and (f.suffix.lower() in IMAGE_EXTS
+                                                                   or f.name in ("dataset.json", "label.json")))
+    return [{"path": str(f.relative_to(root)), "size": f.stat().st_size, "sha1": _sha1(f)}
+            for f in tqdm(files, desc=f"index {root.name}", unit="file", leave=False)]
+
+
+def ingest(p: Params, G, out: Path, device) -> dict:
+    out = Path(out)
+    if p.data.source == "embedded":
+        return render_world(G, p.data, out, device)
+    manifest = {}
+    for split, root in (("train", p.data.ffhq), ("celeba", p.data.celeba), ("mead", p.data.mead), ("wild", p.data.wild)):
+        if root:
+            manifest[split] = {"root": str(Path(root).resolve()), "files": index_folder(root)}
+    write_json_atomic(out / "manifest.json", manifest)
+    return {k: len(v["files"]) for k, v in manifest.items()}

@@ -1,0 +1,149 @@
+"""Building the pieces a stage needs from typed params: generator, encoder, AFA, masks, losses.
+
+Every external weight goes through `asset()`: a configured path is used (its sha256 recorded), else the
+first fallback `assets.allow_fallbacks` permits; what was actually used lands in `provenance`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from goae.assets import ResolvedAsset, resolve_asset
+from goae.config import Params
+from goae.eg3d.checkpoint import load_checkpoint, save_checkpoint
+from goae.eg3d.generator import TriPlaneGenerator
+from goae.model.afa import AFA, AFAConfig
+from goae.model.encoder import Encoder, EncoderConfig
+
+GENERATOR_DIR = Path("models/generator")
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while b := f.read(chunk):
+            h.update(b)
+    return h.hexdigest()
+
+
+def resolve(p: Params, name: str, provenance: dict) -> ResolvedAsset:
+    """Asset `name`: the configured path (sha256 checked), else the first fallback the asset offers
+    that `assets.allow_fallbacks` permits (goae.assets). Records what was used in `provenance[name]`."""
+    r = resolve_asset(name, getattr(p.assets, name), p.assets.allow_fallbacks)
+    provenance[name] = r.provenance_str
+    return r
+
+
+def asset(p: Params, name: str, provenance: dict) -> str | None:
+    """Path of a file asset, or None when a non-file fallback (embedded/random) applies."""
+    r = resolve(p, name, provenance)
+    return str(r.path) if r.kind == "file" else None
+
+
+# --------------------------------------------------------------------------------- checkpoints
+
+def save_module(prefix: str | Path, module: torch.nn.Module, config: dict) -> None:
+    """Our own checkpoints: `<prefix>.safetensors` + `<prefix>.json` (atomic), never pickles."""
+    sd = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    save_checkpoint(prefix, sd, json.loads(json.dumps(config, default=str)))
+
+
+def load_tensors(prefix: str | Path) -> tuple[dict, dict]:
+    return load_checkpoint(prefix)
+
+
+def load_generator(folder: str | Path = GENERATOR_DIR, device="cpu") -> tuple[TriPlaneGenerator, dict]:
+    """The pipeline's generator: `models/generator/generator.{safetensors,json}` (+ `source.json`) written by `ingest`
+    (the embedded tiny EG3D, or a pointer to a converted official checkpoint)."""
+    folder = Path(folder)
+    meta = json.loads((folder / "source.json").read_text())
+    prefix = Path(meta["pointer"]) if "pointer" in meta else folder / "generator"
+    sd, cfg = load_tensors(prefix)
+    G = TriPlaneGenerator.from_config(cfg, init_seed=None)
+    G.load_state_dict(sd, strict=True)
+    G = G.to(device).eval().requires_grad_(False)
+    return G, {**cfg, "provenance": meta.get("provenance", cfg.get("provenance"))}
+
+
+def feature_channels(G: TriPlaneGenerator) -> int:
+    """Channels of F (the b32 feature map) — the AFA's d_model."""
+    return int(G.backbone.synthesis.b32.conv1.weight.shape[0])
+
+
+def encoder_config(p: Params) -> EncoderConfig:
+    base = EncoderConfig.paper if p.encoder.size == "paper" else EncoderConfig.tiny
+    kw = {"schedule": tuple(p.encoder.schedule)}
+    if p.encoder.size == "paper":
+        kw["drop_path_rate"] = p.encoder.drop_path_rate
+    return base(**kw)
+
+
+def afa_config(p: Params, G: TriPlaneGenerator) -> AFAConfig:
+    base = AFAConfig.paper if p.afa.size == "paper" else AFAConfig.tiny
+    c = feature_channels(G)
+    heads = 4 if c % 4 == 0 else 1
+    return base(d_model=c, heads=heads) if p.afa.size == "tiny" else base(d_model=c)
+
+
+def build_encoder(p: Params, provenance: dict) -> Encoder:
+    cfg = encoder_config(p)
+    E = Encoder(cfg)
+    path = asset(p, "swin", provenance)
+    if path:
+        from goae.model.encoder import load_swin_imagenet
+        load_swin_imagenet(E, path)
+    return E
+
+
+def build_afa(p: Params, G: TriPlaneGenerator) -> AFA:
+    return AFA(afa_config(p, G))
+
+
+def build_mask(p: Params, provenance: dict, device):
+    from goae.masks import build_mask_provider
+    if p.davg.mask == "depth":
+        m = build_mask_provider("depth", opacity_min=p.davg.opacity_min)
+    elif p.davg.mask == "bisenet" and (r := resolve(p, "bisenet", provenance)).kind in ("file", "random"):
+        m = build_mask_provider("bisenet", path=str(r.path) if r.path else None).to(device)
+    else:  # 'selfie', or BiSeNet's packaged substitute: mediapipe's person segmentation
+        m = build_mask_provider("selfie")
+    provenance["mask"] = f"{m.name}:{m.weights}"
+    return m
+
+
+def mask_needs_image(mask) -> bool:
+    """Image-based providers need the super-resolved image; the opacity rule needs depth/opacity only."""
+    return getattr(mask, "name", "") != "depth"
+
+
+def background_mask(mask, out: dict) -> torch.Tensor:
+    """M (1 = background) at the depth map's resolution, for a render dict of the generator."""
+    depth = out["image_depth"]
+    if getattr(mask, "name", "") == "depth":
+        r = depth.shape[-1]
+        ws = out["weights_sum"].reshape(depth.shape[0], 1, r, r)
+        return mask.background_from_render(depth, ws)
+    m = mask.background(out["image"].clamp(-1, 1))
+    return torch.nn.functional.interpolate(m, size=depth.shape[-2:], mode="area")
+
+
+def build_rec_loss(p: Params, provenance: dict, device):
+    from goae.losses import LossWeights, ReconstructionLoss
+    alex = asset(p, "lpips_alexnet", provenance)
+    arc = asset(p, "arcface", provenance)
+    id_net = None
+    if arc is None and p.loss.lambda3 > 0:
+        from goae.nets.arcface import random_arcface
+        id_net = random_arcface(0, num_layers=4 if p.assets.random_arcface == "tiny" else 50)
+        provenance["arcface"] = id_net.provenance
+    rec = ReconstructionLoss(LossWeights.from_config(p.loss), alexnet_path=alex, arcface_path=arc, id_net=id_net)
+    provenance.update({f"loss.{k}": v for k, v in rec.provenance.items()})
+    return rec.to(device)
+
+
+def config_dict(obj) -> dict:
+    return asdict(obj)
