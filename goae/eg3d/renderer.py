@@ -147,6 +147,14 @@ def _marcher_weights(densities: torch.Tensor, depths: torch.Tensor, clamp_mode: 
     return alpha * torch.cumprod(alpha_shifted, -2)[..., :-1, :]
 
 
+def _expected_depth(num: torch.Tensor, wsum: torch.Tensor) -> torch.Tensor:
+    """Σw·t / Σw with the official forward (a fully transparent ray, Σw = 0, gives 0/0 = NaN, which the
+    official code turns into +inf before the clamp) but finite gradients: the plain division would
+    back-propagate NaN from those rays into every weight."""
+    pos = wsum > 0
+    return torch.where(pos, num / torch.where(pos, wsum, torch.ones_like(wsum)), torch.full_like(num, float("inf")))
+
+
 class MipRayMarcher2(nn.Module):
     def forward(self, colors, densities, depths, rendering_options):
         """colors [B,M,S,C], densities/depths [B,M,S,1] (sorted) -> rgb [B,M,C] in [-1,1] (+ white_back),
@@ -159,8 +167,8 @@ class MipRayMarcher2(nn.Module):
         depths_mid = (depths[:, :, :-1] + depths[:, :, 1:]) / 2
         rgb = torch.sum(weights * colors_mid, -2)
         weight_total = weights.sum(2)
-        depth = torch.sum(weights * depths_mid, -2) / weight_total
-        depth = torch.clamp(torch.nan_to_num(depth, float('inf')), torch.min(depths), torch.max(depths))
+        depth = _expected_depth(torch.sum(weights * depths_mid, -2), weight_total)
+        depth = torch.clamp(depth, torch.min(depths), torch.max(depths))
         if rendering_options.get('white_back', False):
             rgb = rgb + 1 - weight_total
         return rgb * 2 - 1, depth, weights
@@ -429,7 +437,7 @@ class ImportanceRenderer(nn.Module):
                     z, sig, order = zc, sig_c, None
                 w = _marcher_weights(sig[..., None], z[..., None], clamp_mode)[..., 0]  # [R,S-1]
                 wsum = w.sum(1, keepdim=True)
-                depth = torch.sum(w * (z[:, :-1] + z[:, 1:]) / 2, 1, keepdim=True) / wsum
+                depth = _expected_depth(torch.sum(w * (z[:, :-1] + z[:, 1:]) / 2, 1, keepdim=True), wsum)
                 coef = F.pad(w, (1, 1))
                 coef = (coef[:, :-1] + coef[:, 1:]) / 2  # per sorted sample: (w_{s-1} + w_s) / 2
                 if order is not None:
@@ -438,7 +446,7 @@ class ImportanceRenderer(nn.Module):
                 if order is not None:
                     feat = feat + torch.bmm(coef[:, None, D:], rgb_f)[:, 0]
                 feats_out.append(feat)
-                depth_out.append(torch.nan_to_num(depth, float('inf')))
+                depth_out.append(depth)
                 wsum_out.append(wsum)
                 zmin.append(z.min())
                 zmax.append(z.max())
