@@ -167,3 +167,25 @@ def test_state_dict_roundtrip_and_label_std(model):
     assert torch.equal(R.dataset_label_std, torch.ones(25))
     for k, v in G.state_dict().items():
         assert torch.equal(H.state_dict()[k], v), k
+
+
+@torch.no_grad()
+def test_superresolution_can_be_skipped(model):
+    G, ws, c, (su, iu) = model
+    full = G.synthesis(ws, c, stratified_u=su, importance_u=iu)
+    raw = G.synthesis(ws, c, stratified_u=su, importance_u=iu, superresolution=False)
+    assert raw["image"] is None
+    _assert_same(full, raw, keys=("image_depth", "feature_image", "planes", "weights_sum"))
+    # 2X at its native 64^2 input would alias image_raw (see superres.py); at 32^2 it is the raw rgb
+    assert torch.equal(raw["image_raw"], full["image_raw"])
+
+
+@torch.no_grad()
+def test_2x_native_input_image_raw_quirk(model):
+    G, ws, c, _ = model
+    rec = {}
+    out = G.synthesis(ws, c, neural_rendering_resolution=64, generator=torch.Generator().manual_seed(1), record=rec)
+    # official: SynthesisBlockNoUp adds its ToRGB into the feature_image[:, :3] view in place
+    assert torch.equal(out["image_raw"], rec["sr.block0_img"])
+    assert not torch.equal(out["image_raw"], out["feature_image"][:, :3])
+    assert G.neural_rendering_resolution == 32  # not overwritten (deliberate deviation)

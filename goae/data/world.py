@@ -74,6 +74,12 @@ def build_embedded_generator(gcfg, device="cpu") -> tuple[TriPlaneGenerator, dic
     G.neural_rendering_resolution = cfg["neural_rendering_resolution"]
     g = torch.Generator().manual_seed(gcfg.seed + 1)
     with torch.no_grad():
+        # The OSG decoder draws its official init from the global RNG; redraw it from `g` so the world
+        # depends on generator.seed alone (weights stored divided by lr_mul, biases 0, as official).
+        lr_mul = float(cfg["rendering_kwargs"].get("decoder_lr_mul", 1.0))
+        for fc in (G.decoder.net[0], G.decoder.net[2]):
+            fc.weight.copy_(torch.randn(fc.weight.shape, generator=g) / lr_mul)
+            fc.bias.zero_()
         # Like the EG3D fixtures: official init leaves biases/noise at 0, which would make every identity
         # share the same bias path; a small perturbation gives the world varied, non-degenerate scenes.
         for name, p in list(G.named_parameters()):
