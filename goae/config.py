@@ -55,6 +55,7 @@ class GeneratorConfig:
     depth_resolution: int = field(default=12, metadata=_rng(2))
     depth_resolution_importance: int = field(default=12, metadata=_rng(0))
     w_avg_samples: int = field(default=2000, metadata=_rng(1))
+    sr_channel_divisor: int = field(default=1, metadata=_rng(choices=[1, 2, 4, 8]))  # 1 = official SR widths
 
 
 @dataclass

@@ -22,14 +22,18 @@ class _Superresolution(nn.Module):
     filter_buffer = True  # the 2X/4X/8X classes register an unused resample_filter, 8XDC does not
 
     def __init__(self, channels: int, img_resolution: int, sr_num_fp16_res: int, sr_antialias: bool,
-                 num_fp16_res: int = 4, conv_clamp=None, channel_base=None, channel_max=None, **block_kwargs):
+                 num_fp16_res: int = 4, conv_clamp=None, channel_base=None, channel_max=None,
+                 channel_divisor: int = 1, **block_kwargs):
+        """channel_divisor (goae extension, 1 = official widths): slimmer blocks for the embedded tiny
+        world only; official checkpoints never set it."""
         super().__init__()
         assert img_resolution == self.img_resolution, (type(self).__name__, img_resolution)
         use_fp16 = sr_num_fp16_res > 0
         self.sr_antialias = sr_antialias
         for i, (cin, cout, res, up) in enumerate(self.blocks):
+            cin = channels if cin is None else cin // channel_divisor
             setattr(self, f"block{i}", SynthesisBlock(
-                channels if cin is None else cin, cout, w_dim=512, resolution=res, img_channels=3,
+                cin, cout // channel_divisor, w_dim=512, resolution=res, img_channels=3,
                 is_last=(i == 1), use_fp16=use_fp16, conv_clamp=(256 if use_fp16 else None), up=up,
                 **block_kwargs))
         if self.filter_buffer:
