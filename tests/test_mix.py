@@ -179,3 +179,18 @@ def test_valid_mask_and_no_grad_to_depth():
     valid = torch.zeros(1, depth.shape[1], 1)
     m = visibility_masks(depth, o, d, res, res, 2.0, MixConfig(), valid=valid)
     assert m.abs().max() == 0 and not m.requires_grad
+
+
+def test_coarse_renders_splat_at_their_own_density():
+    """A 32² render on 256² planes (the embedded world): single-texel hits lie ~5 texels apart and blur
+    away below the threshold; with render_res the footprint is taken at the render's density."""
+    from goae.eg3d import camera as cam
+    from goae.eg3d.renderer import RaySampler
+    c = cam.canonical_camera(1)
+    o, d = RaySampler()(c[:, :16].view(-1, 4, 4), c[:, 16:].view(-1, 3, 3), 32)
+    depth = torch.full((1, 32 * 32, 1), 2.7)  # hits the z = 0 plane: x, y within ±0.3
+    sparse = visibility_masks(depth, o, d, 256, 256, 1.0, MixConfig(planes="xy"))
+    dense = visibility_masks(depth, o, d, 256, 256, 1.0, MixConfig(planes="xy"), render_res=32)
+    centre = (0, 0, 0, slice(96, 160), slice(96, 160))
+    assert sparse[centre].max() == 0 and dense[centre].mean() > 0.99
+    assert dense[0, 0, 0, :16, :16].max() == 0  # still nothing outside the visible footprint

@@ -79,7 +79,8 @@ class GOAE(nn.Module):
         """Eqs. 7–8 on the input-view render of the F* tri-plane (its depth and rays)."""
         return occlusion_aware_mix(out_fstar["planes"], planes_wplus, out_fstar["image_depth"].flatten(2).transpose(1, 2),
                                    out_fstar["ray_origins"], out_fstar["ray_directions"],
-                                   float(self.G.rendering_kwargs["box_warp"]), self.mix_cfg, generator=generator)
+                                   float(self.G.rendering_kwargs["box_warp"]), self.mix_cfg, generator=generator,
+                                   render_res=out_fstar["image_depth"].shape[-1])
 
     # ------------------------------------------------------------------------------ inference
     @torch.no_grad()

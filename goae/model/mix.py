@@ -87,7 +87,7 @@ def _sigmas(cfg: MixConfig, shape: tuple[int, int], generator: torch.Generator |
 
 def visibility_masks(depth: torch.Tensor, ray_origins: torch.Tensor, ray_directions: torch.Tensor, H: int, W: int,
                      box_warp: float, cfg: MixConfig = MixConfig(), valid: torch.Tensor | None = None,
-                     generator: torch.Generator | None = None) -> torch.Tensor:
+                     generator: torch.Generator | None = None, render_res: int | None = None) -> torch.Tensor:
     """Soft mask of the visible set V on each plane -> [B,3,1,H,W] (no gradient).
 
     depth [B,M,1] input-view depth along the rays, ray_origins/directions [B,M,3], valid optional
@@ -97,7 +97,14 @@ def visibility_masks(depth: torch.Tensor, ray_origins: torch.Tensor, ray_directi
     planes = (0, 1, 2) if cfg.planes == "all" else (0,)
     with torch.no_grad():
         points = ray_origins + depth.detach() * ray_directions  # Eq. 7: back-projected visible points
-        m = splat_footprint(points.float(), H, W, box_warp, planes, valid)
+        # At the release's 128² render on 256² planes neighbouring hits are ~1 texel apart and the blur
+        # closes the gaps (factor 1: the release splat itself). At coarser renders (the embedded world's
+        # 32²) hits lie ~5 texels apart, blur below the threshold and leave V empty, so the footprint is
+        # taken on a grid as coarse as the render (factor plane/render), then upsampled.
+        k = min(H, W) // render_res if render_res and 2 * render_res < min(H, W) else 1
+        m = splat_footprint(points.float(), H // k, W // k, box_warp, planes, valid)
+        if k > 1:
+            m = F.interpolate(m, size=(H, W), mode="nearest")
         shape = tuple(m.shape[:2])
         m = gaussian_blur(m, _sigmas(cfg, shape, generator, m.device), cfg.kernel)
         m = (m > cfg.threshold).to(m.dtype)
@@ -110,14 +117,15 @@ def visibility_masks(depth: torch.Tensor, ray_origins: torch.Tensor, ray_directi
 def occlusion_aware_mix(planes_fstar: torch.Tensor, planes_wplus: torch.Tensor, depth: torch.Tensor,
                         ray_origins: torch.Tensor, ray_directions: torch.Tensor, box_warp: float,
                         cfg: MixConfig = MixConfig(), valid: torch.Tensor | None = None,
-                        generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                        generator: torch.Generator | None = None,
+                        render_res: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Eq. 8: tri-plane_mix = F*-planes on V + w+-planes on O. planes_* [B,3,C,H,W].
     Returns (planes_mix [B,3,C,H,W], masks [B,3,1,H,W]); gradients flow to both plane sets."""
     if planes_fstar.shape != planes_wplus.shape or planes_fstar.ndim != 5 or planes_fstar.shape[1] != 3:
         raise ValueError(f"planes must both be [B,3,C,H,W], got {tuple(planes_fstar.shape)}, "
                          f"{tuple(planes_wplus.shape)}")
     H, W = planes_fstar.shape[-2:]
-    masks = visibility_masks(depth, ray_origins, ray_directions, H, W, box_warp, cfg, valid, generator)
+    masks = visibility_masks(depth, ray_origins, ray_directions, H, W, box_warp, cfg, valid, generator, render_res)
     masks = masks.to(planes_fstar.dtype)
     planes_mix = masks * planes_fstar + (1 - masks) * planes_wplus  # Eq. 8
     return planes_mix, masks
