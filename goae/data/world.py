@@ -46,7 +46,8 @@ def embedded_generator_config(gcfg) -> dict:
         sr_num_fp16_res=4, mapping_kwargs={"num_layers": 2}, channel_base=gcfg.channel_base,
         channel_max=gcfg.channel_max, fused_modconv_default="inference_only", num_fp16_res=0,
         conv_clamp=None, sr_kwargs={"channel_base": 32768, "channel_max": 512,
-                                    "fused_modconv_default": "inference_only"})
+                                    "fused_modconv_default": "inference_only",
+                                    "channel_divisor": gcfg.sr_channel_divisor})
     rk = ffhq_rendering_kwargs(gcfg.depth_resolution, gcfg.depth_resolution_importance, gcfg.img_resolution)
     return {"init_kwargs": init_kwargs, "rendering_kwargs": rk,
             "neural_rendering_resolution": gcfg.neural_rendering_resolution}
