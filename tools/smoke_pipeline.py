@@ -1,0 +1,144 @@
+"""Smoke pipeline: the committed pipeline in a temporary clone, end to end, with checks.
+
+1. `git clone` this repository (committed state) into a temp folder;
+2. `dvc repro` with the committed params.yaml (the embedded tiny world), MLflow in a throwaway sqlite DB;
+3. check: metrics/eval.json + table1.md exist with every method × protocol, `dvc status` is clean,
+   one FINISHED pipeline run in MLflow;
+4. `dvc exp run -S loss.lambda5=3`: only train_stage1 onward re-runs; MLflow then holds two pipeline runs
+   with loss.lambda5 5.0 and 3.0 and different evaluation metrics; `dvc exp show --md` lists both.
+
+`python tools/smoke_pipeline.py [--keep DIR] [--quick]` prints a JSON summary; exit 0 only if all checks pass.
+`--quick` shrinks budgets further via `-S` overrides (the committed params stay the default).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICK = ["stage1.iters=12", "stage2.iters=8", "davg.n_samples=32", "data.n_train=16", "eval.n_celeba=3",
+         "eval.n_mead_ids=2", "data.n_mead_ids=2", "data.n_celeba=3", "eval.optim_w_steps=4",
+         "eval.optim_g_steps=2", "encoder.schedule=[3,6,9]"]
+
+
+def run(cmd: list[str], cwd: Path, env: dict, check: bool = True) -> subprocess.CompletedProcess:
+    t0 = time.time()
+    print(f"$ {' '.join(cmd)}", flush=True)
+    p = subprocess.run(cmd, cwd=cwd, env=env, text=True, capture_output=True)
+    print(f"  ({time.time() - t0:.1f} s, rc={p.returncode})", flush=True)
+    if check and p.returncode != 0:
+        print(p.stdout[-4000:], p.stderr[-6000:], sep="\n", file=sys.stderr)
+        raise RuntimeError(f"command failed: {' '.join(cmd)}")
+    return p
+
+
+def pipeline_runs(db: Path, experiment: str) -> list:
+    from mlflow.tracking import MlflowClient
+    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    return client.search_runs([exp.experiment_id], "tags.`dvc.role` = 'pipeline'")
+
+
+def smoke(work: Path, quick: bool = False, exp_check: bool = True) -> dict:
+    env = dict(os.environ)
+    venv_bin = Path(sys.executable).parent
+    db = work / "mlflow.db"
+    env.update(PATH=f"{venv_bin}{os.pathsep}{env.get('PATH', '')}", MLFLOW_TRACKING_URI=f"sqlite:///{db}",
+               MLFLOW_EXPERIMENT_NAME="ci-smoke", DVC_NO_ANALYTICS="1", MLFLOW_DISABLE_TELEMETRY="true",
+               HF_HUB_OFFLINE="1", GIT_AUTHOR_NAME="goae-smoke", GIT_AUTHOR_EMAIL="smoke@localhost",
+               GIT_COMMITTER_NAME="goae-smoke", GIT_COMMITTER_EMAIL="smoke@localhost")
+    clone = work / "clone"
+    run(["git", "clone", "--quiet", str(ROOT), str(clone)], work, env)
+    env["PYTHONPATH"] = str(clone)  # the clone's own goae, not the editable install's
+    summary: dict = {"clone": str(clone)}
+    t0 = time.time()
+    if quick:
+        run(["dvc", "exp", "run", "-n", "base", *sum((["-S", s] for s in QUICK), [])], clone, env)
+    else:
+        run(["dvc", "repro"], clone, env)
+    summary["repro_s"] = round(time.time() - t0, 1)
+    ev = json.loads((clone / "metrics" / "eval.json").read_text())
+    table = (clone / "metrics" / "table1.md").read_text()
+    status = run(["dvc", "status"], clone, env).stdout
+    summary["dvc_status_clean"] = "up to date" in status or status.strip() == ""
+    runs = pipeline_runs(db, "ci-smoke")
+    summary["pipeline_runs"] = [(r.data.params.get("loss.lambda5"), r.info.status) for r in runs]
+    checks = {
+        "eval.json has celeba+mead": {"celeba", "mead"} <= set(ev),
+        "table1.md written": "MSE" in table,
+        "dvc status clean": summary["dvc_status_clean"],
+        "one FINISHED pipeline run": len(runs) == 1 and runs[0].info.status == "FINISHED",
+    }
+    # Versioned artifacts: commit the lock, push outs to a local remote, restore them in a fresh clone.
+    run(["git", "add", "-A"], clone, env)
+    run(["git", "commit", "-qm", "smoke: pipeline results"], clone, env)
+    store = work / "dvc-store"
+    run(["dvc", "remote", "add", "--local", "-d", "store", str(store)], clone, env)
+    run(["dvc", "push"], clone, env)
+    clone2 = work / "clone2"
+    run(["git", "clone", "--quiet", str(clone), str(clone2)], work, env)
+    run(["dvc", "remote", "add", "--local", "-d", "store", str(store)], clone2, env)
+    run(["dvc", "pull"], clone2, env)
+    status2 = run(["dvc", "status"], clone2, env).stdout
+    checks["dvc pull in a fresh clone restores everything (status clean)"] = "up to date" in status2
+    shutil.rmtree(clone2, ignore_errors=True)
+    # Offline plots and metrics commands.
+    run(["dvc", "plots", "show", "-o", str(work / "plots")], clone, env)
+    html = (work / "plots" / "index.html").read_text()
+    checks["dvc plots show renders offline (no CDN)"] = "cdn.jsdelivr" not in html and "vega" in html
+    checks["dvc metrics diff works"] = run(["dvc", "metrics", "diff", "HEAD~1"], clone, env, check=False).returncode == 0
+    if exp_check:
+        t1 = time.time()
+        args = ["dvc", "exp", "run", "-n", "lam3", "-S", "loss.lambda5=3.0"]
+        if quick:
+            args += sum((["-S", s] for s in QUICK), [])
+        p = run(args, clone, env)
+        summary["exp_run_s"] = round(time.time() - t1, 1)
+        out = p.stdout + p.stderr
+        ran = [s for s in ("ingest", "prepare", "davg", "train_stage1", "train_stage2", "evaluate")
+               if f"Running stage '{s}'" in out]
+        summary["exp_stages_run"] = ran
+        runs = pipeline_runs(db, "ci-smoke")
+        lam = sorted(float(r.data.params.get("loss.lambda5", "nan")) for r in runs)
+        metr = [r.data.metrics.get("celeba/goae/mse") for r in runs]
+        show = run(["dvc", "exp", "show", "--md", "--no-pager"], clone, env, check=False).stdout
+        summary.update(lambda5=lam, celeba_goae_mse=metr)
+        checks.update({
+            "exp run re-ran only train_stage1 onward": ran == ["train_stage1", "train_stage2", "evaluate"],
+            "two pipeline runs with lambda5 5.0 and 3.0": lam == [3.0, 5.0],
+            "their evaluation metrics differ": len(set(metr)) == 2 and None not in metr,
+            "dvc exp show --md lists the experiment": "lam3" in show,
+        })
+    summary["checks"] = checks
+    summary["ok"] = all(checks.values())
+    return summary
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--keep", default=None, help="work folder to keep (default: a temp folder, removed)")
+    ap.add_argument("--quick", action="store_true", help="smaller budgets via -S overrides")
+    ap.add_argument("--no-exp", action="store_true", help="skip the `dvc exp run -S loss.lambda5=3` check")
+    args = ap.parse_args()
+    work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="goae-smoke-"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        s = smoke(work, args.quick, not args.no_exp)
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(s, indent=1))
+    return 0 if s["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
