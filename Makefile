@@ -7,6 +7,7 @@ STAMP := $(VENV)/.goae-installed
 export HF_HUB_OFFLINE ?= 1
 export DVC_NO_ANALYTICS ?= 1
 export MLFLOW_DISABLE_TELEMETRY ?= true
+export OMP_WAIT_POLICY ?= PASSIVE
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .PHONY: setup test test-fast repro smoke ci golden bench clean-venv

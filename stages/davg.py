@@ -1,4 +1,8 @@
 """DVC stage `davg`: background depth D_avg from canonical front-view samples (paper §4.1)."""
+import os
+
+# Before torch loads OpenMP: spinning threads stall for seconds when the 2 cores are shared.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import sys
 from safetensors.torch import save_file
 import torch

@@ -1,4 +1,8 @@
 """DVC stage `evaluate`: Table 1 protocols (CelebA reconstruction, MEAD novel views) for every method."""
+import os
+
+# Before torch loads OpenMP: spinning threads stall for seconds when the 2 cores are shared.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import shutil
 import tempfile
 from pathlib import Path

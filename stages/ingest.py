@@ -1,4 +1,8 @@
 """DVC stage `ingest`: render the embedded tiny world, or index the user's folders (with checksums)."""
+import os
+
+# Before torch loads OpenMP: spinning threads stall for seconds when the 2 cores are shared.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import json
 
 from goae.data import ingest

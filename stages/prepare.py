@@ -1,4 +1,8 @@
 """DVC stage `prepare`: EG3D crops + camera labels per split (labelled images pass through)."""
+import os
+
+# Before torch loads OpenMP: spinning threads stall for seconds when the 2 cores are shared.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from goae.data import prepare
 from goae.pipeline import stage
 

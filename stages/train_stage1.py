@@ -1,4 +1,8 @@
 """DVC stage `train_stage1`: geometry-aware encoder + canonical latent discriminator (Eq. 11)."""
+import os
+
+# Before torch loads OpenMP: spinning threads stall for seconds when the 2 cores are shared.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import sys
 import shutil
 

@@ -1,4 +1,8 @@
 """DVC stage `train_stage2`: AFA with the encoder frozen (Eq. 6, L_ΔF)."""
+import os
+
+# Before torch loads OpenMP: spinning threads stall for seconds when the 2 cores are shared.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import sys
 import shutil
 

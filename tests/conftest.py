@@ -1,5 +1,7 @@
 """Shared test setup: offline switches, fixture location, GPU marker."""
 import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: no spin-wait stalls on shared cores
 import tempfile
 from pathlib import Path
 
