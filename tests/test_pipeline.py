@@ -26,7 +26,7 @@ def _committed() -> bool:
 def test_smoke_pipeline_and_experiment(tmp_path):
     if not _committed():
         pytest.skip("the smoke pipeline clones the committed repository; no commit yet")
-    s = smoke_pipeline.smoke(tmp_path)
+    s = smoke_pipeline.smoke(tmp_path, quick=True)  # committed params, tiny -S overrides (CI time)
     print(s)
     failed = [k for k, v in s["checks"].items() if not v]
     assert not failed, f"smoke checks failed: {failed}\n{s}"
