@@ -69,6 +69,20 @@ def load_generator(folder: str | Path = GENERATOR_DIR, device="cpu") -> tuple[Tr
     return G, {**cfg, "provenance": meta.get("provenance", cfg.get("provenance"))}
 
 
+def apply_runtime(p: Params, device, G: TriPlaneGenerator | None = None, *modules: torch.nn.Module) -> None:
+    """GPU fast paths from `runtime.*` (no-ops on CPU, where fp32 keeps runs exact and comparable):
+    fp16 super-resolution as the official code (off → fp32 SR everywhere); torch.compile of the given
+    modules (encoder/AFA) and of the OSG decoder, in place so state_dict keys stay unchanged."""
+    if G is not None and not p.runtime.fp16_sr:
+        for name in ("block0", "block1"):
+            blk = getattr(G.superresolution, name, None)
+            if blk is not None:
+                blk.use_fp16 = False
+    if p.runtime.compile and torch.device(device).type == "cuda":
+        for m in modules + ((G.decoder,) if G is not None else ()):
+            m.compile()
+
+
 def feature_channels(G: TriPlaneGenerator) -> int:
     """Channels of F (the b32 feature map) — the AFA's d_model."""
     return int(G.backbone.synthesis.b32.conv1.weight.shape[0])

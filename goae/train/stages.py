@@ -146,6 +146,7 @@ def train_stage1(p: Params, data_dir, davg_path, out_dir, state_dir, curve_path,
     broadcast_module(E, d)
     broadcast_module(D, d)
     model = GOAE(G, E).to(device)
+    common.apply_runtime(p, device, G, E)
     rec = common.build_rec_loss(p, prov, device)
     mask = common.build_mask(p, prov, device)
     d_avg = _load_davg(Path(davg_path), p.loss.d_avg, device)
@@ -245,6 +246,7 @@ def train_stage2(p: Params, data_dir, stage1_dir, out_dir, state_dir, curve_path
     if d.world > 1 and device.type == "cuda":  # global-batch BN statistics (SyncBatchNorm is CUDA-only;
         A = torch.nn.SyncBatchNorm.convert_sync_batchnorm(A)  # on CPU each rank normalises its own share)
     model = GOAE(G, E, A).to(device)
+    common.apply_runtime(p, device, G, A)
     rec = common.build_rec_loss(p, prov, device)
     W = L.LossWeights.from_config(p.loss)
     opt = torch.optim.Adam(A.parameters(), lr=p.stage2.lr)
