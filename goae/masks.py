@@ -7,13 +7,13 @@ weights came from in `weights`.
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 
+from goae.assets import sha256_file
 from goae.nets.bisenet import IMAGENET_MEAN, IMAGENET_STD, build_bisenet
 
 
@@ -26,13 +26,6 @@ class MaskProvider(Protocol):
         """images [B,3,H,W] in [-1,1] -> [B,1,H,W] float in {0,1}, 1 = background."""
         ...
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class BiSeNetMask:
@@ -87,7 +80,7 @@ class SelfieSegMask:
         self._seg = mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=model_selection)
         fname = "selfie_segmentation_landscape.tflite" if model_selection else "selfie_segmentation.tflite"
         f = Path(mp.__file__).parent / "modules" / "selfie_segmentation" / fname
-        self.weights = (f"mediapipe {mp.__version__} packaged {fname} sha256:{_sha256(f)}" if f.is_file()
+        self.weights = (f"mediapipe {mp.__version__} packaged {fname} sha256:{sha256_file(f)}" if f.is_file()
                         else f"mediapipe {mp.__version__} packaged {fname}")
 
     def close(self) -> None:

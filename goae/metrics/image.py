@@ -9,17 +9,14 @@ PIL-bilinear Resize((256, 256)) of pSp's scripts/calc_losses_on_images.py [recal
 """
 from __future__ import annotations
 
-import hashlib
 import warnings
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from goae.assets import sha256_file
 
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _resize(x: torch.Tensor, size: int | None) -> torch.Tensor:
@@ -69,7 +66,7 @@ def build_lpips(alexnet_path: str | Path | None = None, heads_path: str | Path |
     # lpips keeps each head twice (lin{k} and its alias lins.{k}); the file names the lin{k} copies
     if unexpected or any(k.startswith("lin") and not k.startswith("lins.") for k in missing):
         raise RuntimeError(f"{heads}: not lpips alex heads (missing {missing}, unexpected {unexpected})")
-    prov = [f"heads={heads.name} sha256:{_sha256(heads)}"]
+    prov = [f"heads={heads.name} sha256:{sha256_file(heads)}"]
     if alexnet_path is None:
         prov.append(f"trunk=random(seed={seed})")
     else:
@@ -86,7 +83,7 @@ def build_lpips(alexnet_path: str | Path | None = None, heads_path: str | Path |
             inner.net.load_state_dict(trunk, strict=True)
         except RuntimeError as e:
             raise RuntimeError(f"{p} is not a torchvision AlexNet state_dict: {e}") from None
-        prov.append(f"trunk={p.name} sha256:{_sha256(p)}")
+        prov.append(f"trunk={p.name} sha256:{sha256_file(p)}")
     return LPIPSNet(inner.eval().requires_grad_(False), " ".join(prov))
 
 

@@ -313,7 +313,7 @@ def build_metric_nets(p, device, provenance: dict) -> MetricNets:
     from goae.metrics.fid import load_inception
     from goae.metrics.image import build_lpips
     from goae.nets import arcface
-    from goae.train.common import asset, resolve
+    from goae.model.io import asset, resolve
     alex = asset(p, "lpips_alexnet", provenance)
     arc = asset(p, "arcface", provenance)
     lp = build_lpips(alexnet_path=alex, seed=0).to(device)
@@ -345,7 +345,7 @@ class GOAEInverter:
 
 
 def _ckpt_weights(prefix: Path) -> tuple[str, dict]:
-    from goae.train.common import sha256_file
+    from goae.assets import sha256_file
     st, js = prefix.with_suffix(".safetensors"), prefix.with_suffix(".json")
     cfg = json.loads(js.read_text()) if js.is_file() else {}
     prov = cfg.get("provenance", {}) or {}
@@ -372,7 +372,7 @@ def build_methods(p, G, stage1_dir, stage2_dir, nets: MetricNets, device, weight
     from goae.metrics.baselines import OptimConfig, OptimInverter
     from goae.model.goae import GOAE
     from goae.model.mix import MixConfig
-    from goae.train.stages import load_afa, load_encoder
+    from goae.model.io import load_afa, load_encoder
     g = weights["generator"]
     mix = MixConfig(planes=p.mix.planes, blur=p.mix.blur, sigma=p.mix.sigma, threshold=p.mix.threshold,
                     kernel=p.mix.kernel)

@@ -9,13 +9,13 @@ Converted format: OUT.safetensors (`encoder.*`, `afa.*`) + OUT.json (configs, pr
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
+from goae.assets import sha256_file
 from goae.model.afa import AFA, AFAConfig
 from goae.model.encoder import (Encoder, EncoderConfig, check_state_dict, microsoft_swin_to_timm,
                                 timm_swin_to_microsoft)
@@ -88,13 +88,6 @@ def load_official_goae(encoder_path, afa_path, enc_cfg: EncoderConfig | None = N
     check_state_dict(afa, afa_sd, f"AFA {afa_path}")
     return enc_sd, afa_sd
 
-
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def save_converted(out_prefix, enc_sd: dict, afa_sd: dict, configs: dict,

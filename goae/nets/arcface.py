@@ -11,12 +11,12 @@ No ArcFace weights exist offline (offline-assets.md §5): tests use `random_arcf
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from goae.assets import sha256_file
 
 # (in_channels, depth, num_units) per stage; the first unit of each stage has stride 2.
 _STAGES = {
@@ -88,13 +88,6 @@ def random_arcface(seed: int = 0, num_layers: int = 50) -> IRSE50:
     return net.eval().requires_grad_(False)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 def load_arcface(path: str | Path, device: torch.device | str = "cpu") -> IRSE50:
     """Build IR-SE50 and strictly load `model_ir_se50.pth` (a plain state_dict) onto `device`."""
@@ -109,7 +102,7 @@ def load_arcface(path: str | Path, device: torch.device | str = "cpu") -> IRSE50
         net.load_state_dict(sd, strict=True)
     except RuntimeError as e:
         raise RuntimeError(f"{path} is not an IR-SE50 ArcFace state_dict: {e}") from None
-    net.provenance = f"{path.name} sha256:{_sha256(path)}"
+    net.provenance = f"{path.name} sha256:{sha256_file(path)}"
     return net.eval().requires_grad_(False).to(device)
 
 

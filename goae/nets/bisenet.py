@@ -8,12 +8,12 @@ state_dict should load strictly. Classes: 0 background, 1 skin, 2 l_brow, 3 r_br
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from goae.assets import sha256_file
 
 CLASSES = ("background", "skin", "l_brow", "r_brow", "l_eye", "r_eye", "eye_g", "l_ear", "r_ear", "ear_r",
            "nose", "mouth", "u_lip", "l_lip", "neck", "neck_l", "cloth", "hair", "hat")
@@ -149,13 +149,6 @@ class BiSeNet(nn.Module):
         return self._up(self.conv_out(self.ffm(f8, cp8)), x.shape[-2:])
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 def build_bisenet(path: str | Path | None = None, seed: int = 0) -> BiSeNet:
     """BiSeNet in eval mode with frozen params, on CPU. With `path`: strict load of `79999_iter.pth`
@@ -180,5 +173,5 @@ def build_bisenet(path: str | Path | None = None, seed: int = 0) -> BiSeNet:
     if missing or unexpected:
         raise RuntimeError(f"{path} is not a face-parsing BiSeNet state_dict: missing {missing[:8]}"
                            f"{'...' if len(missing) > 8 else ''}, unexpected {unexpected[:8]}")
-    net.provenance = f"{path.name} sha256:{_sha256(path)}"
+    net.provenance = f"{path.name} sha256:{sha256_file(path)}"
     return net.eval().requires_grad_(False)

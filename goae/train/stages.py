@@ -22,6 +22,7 @@ from goae.model.discriminator import LatentCodesDiscriminator
 from goae.model.encoder import stage_for_iteration
 from goae.model.goae import GOAE
 from goae.train import common
+from goae.model.io import load_afa, load_encoder  # noqa: F401  (re-exported)
 from goae.train.loop import (CurveWriter, Dist, NonFiniteLoss, TrainState, autocast, average_gradients,
                              broadcast_module, check_finite, check_finite_grads, global_batch_indices, local_indices,
                              mean_over_ranks, params_hash, rank_rows, render_uniforms, step_seed)
@@ -209,22 +210,6 @@ def train_stage1(p: Params, data_dir, davg_path, out_dir, state_dir, curve_path,
         common.save_module(Path(out_dir) / "encoder", E, cfg)
         common.save_module(Path(out_dir) / "discriminator", D, {"discriminator": common.config_dict(D.cfg)})
     return {**summary, "provenance": prov}
-
-
-def load_encoder(folder: str | Path, device) -> torch.nn.Module:
-    from goae.model.encoder import Encoder, EncoderConfig
-    sd, cfg = common.load_tensors(Path(folder) / "encoder")
-    E = Encoder(EncoderConfig.from_dict(cfg["encoder"]))
-    E.load_state_dict(sd, strict=True)
-    return E.to(device).eval().requires_grad_(False)
-
-
-def load_afa(folder: str | Path, device) -> torch.nn.Module:
-    from goae.model.afa import AFA, AFAConfig
-    sd, cfg = common.load_tensors(Path(folder) / "afa")
-    A = AFA(AFAConfig.from_dict(cfg["afa"]))
-    A.load_state_dict(sd, strict=True)
-    return A.to(device).eval().requires_grad_(False)
 
 
 def stage2_hash(p: Params, stage1_dir, inputs: str = "") -> str:
