@@ -124,6 +124,11 @@ def inputs_fingerprint(files=(), folders=()) -> str:
         for f in sorted(x for x in d.rglob("*") if x.is_file()):
             tag = common.sha256_file(f) if f.suffix == ".json" else f.stat().st_size
             h.update(f"{f.relative_to(d).as_posix()}:{tag};".encode())
+    # The training code itself: DVC re-runs the stage when goae/ changes (a code dep), and resuming a
+    # finished checkpoint would then re-emit weights trained by the old code.
+    pkg = Path(__file__).resolve().parents[1]
+    for f in sorted(pkg.rglob("*.py")):
+        h.update(f"{f.relative_to(pkg).as_posix()}:{common.sha256_file(f)};".encode())
     return h.hexdigest()[:12]
 
 
