@@ -35,8 +35,8 @@ def test_lpips_random_trunk_and_alexnet_file(tmp_path):
     net = build_lpips(seed=0)
     assert "alex.pth sha256:" in net.provenance and "trunk=random(seed=0)" in net.provenance
     import lpips, pathlib
-    heads = torch.load(pathlib.Path(lpips.__file__).parent / "weights/v0.1/alex.pth", map_location="cpu",
-                       weights_only=True)
+    heads_file = pathlib.Path(lpips.__file__).parent / "weights/v0.1/alex.pth"
+    heads = torch.load(heads_file, map_location="cpu", weights_only=True)
     torch.testing.assert_close(net.inner.lins[4].model[1].weight, heads["lin4.model.1.weight"], atol=0, rtol=0)
     x, y = _imgs(3, 64, 1), _imgs(3, 64, 2)
     assert lpips_distance(net, x, x, "cpu", batch_size=2).abs().max() < 1e-7
