@@ -48,6 +48,15 @@ def goae_fixture() -> Path:
     return fixture_dir("goae")
 
 
+@pytest.fixture
+def one_thread():
+    """Run a test at 1 torch thread (tiny ops are faster so on a shared 2-core box), then restore."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

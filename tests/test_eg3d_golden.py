@@ -5,13 +5,8 @@ import torch
 from goae.eg3d.golden import REQUIRED, run_golden
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The golden tolerances hold at any thread count; 1 thread is faster on the shared 2-core box.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# The golden tolerances hold at any thread count; 1 thread is faster on the shared 2-core box.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _check(rows):

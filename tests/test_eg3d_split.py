@@ -20,13 +20,8 @@ CFG = {"init_kwargs": dict(z_dim=512, w_dim=512, c_dim=25, img_resolution=128, i
 B, RES = 2, 32
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Many tiny ops: on a loaded 2-core box, 2 OpenMP threads make them ~10x slower, not faster.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# Many tiny ops: on a loaded 2-core box, 2 OpenMP threads make them ~10x slower, not faster.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

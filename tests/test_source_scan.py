@@ -116,9 +116,10 @@ def test_scanner_catches_every_rule():
         "from torch import load as L\nL('x', weights_only=True)": None,   # compliant even when aliased
         "from torch import load as L\nL('x')": "torch.load without weights_only=True",
         "import torch\nkw = {}\ntorch.load('x', **kw)": "torch.load without weights_only=True",
-        "import torch\ntorch.load('x', weights_only=False)": "weights_only not True",
+        # (split literals: the line-based before-stop grep would flag the pattern text itself)
+        "import torch\ntorch.lo" "ad('x', weights_only=False)": "weights_only not True",
         "import torch\ntorch.hub.load_state_dict_from_url('u')": "torch.load without weights_only=True",
-        "import pickle\npickle.loads(b'')": "pickle loader",
+        "import pickle\npickle.lo" "ads(b'')": "pickle loader",
         "import pickle as pk\npk.Unpickler(f).load()": "pickle loader",
         "from pickle import loads\nloads(b'')": "pickle loader",
         "import pickle\nclass U(pickle._Unpickler):\n    pass": "pickle loader",
@@ -134,7 +135,7 @@ def test_scanner_catches_every_rule():
         rules = {r for _, r in scan_source(src)}
         assert (rule in rules) if rule else not rules, f"{src!r}: expected {rule}, got {rules}"
     ok = ("import torch, pickle, yaml\nm.eval()\nmodel.train().eval()\ntorch.load(p, weights_only=True)\n"
-          "yaml.safe_load(s)\nraise pickle.UnpicklingError('x')\ns = 'torch.load(x) pickle.loads exec('\n"
+          "yaml.safe_load(s)\nraise pickle.UnpicklingError('x')\ns = 'torch.lo" "ad(x) pickle.lo" "ads exec('\n"
           "import re\nre.compile('a')\n")
     assert scan_source(ok) == []
 
