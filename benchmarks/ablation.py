@@ -4,6 +4,15 @@ occlusion-aware mix beat no mix on novel views (MEAD LPIPS, mean of the yaw_pm60
     python benchmarks/ablation.py                      # read metrics/eval.json (from `dvc repro`)
     python benchmarks/ablation.py --train 1,4,16       # train stage 1+2 at 1x/4x/16x the params' iterations
                                                        # in a temp dir, evaluate each, stop where all hold
+    python benchmarks/ablation.py --sweep --stage1 1,4 --seeds 0,1,2 --stage2-steps 30,120,480 \
+        --out benchmarks/results/ablation_sweep_a.json  # per (stage-1 multiplier, training seed): one stage-2
+                                                       # run, evaluated at each listed step count
+    python benchmarks/ablation.py --merge benchmarks/results/ablation_sweep_*.json   # -> ablation.json
+
+Sweep: one training seed per run (stage1.seed = stage2.seed = seed; eval.seed and the protocol stay
+fixed). A stage-2 snapshot after n steps IS the AFA of an n-step run (constant learning rate, every step
+reseeds its batch, dropout and renderer draws), so one long stage-2 run gives every stage-2 budget.
+Stage-1 budgets are separate runs: the progressive schedule scales with the multiplier.
 
 Writes benchmarks/results/ablation.json: the checks, the training budget behind them, the metrics, and
 (when it evaluates itself) the mean visible-set mask of the mix. The metric and protocol are never tuned:
@@ -85,22 +94,108 @@ def scaled_params(p, k: int):
     return dataclasses.replace(p, stage1=s1, stage2=s2, encoder=enc, eval=ev, train=tr)
 
 
+def seeded_params(p, k: int, seed: int, stage2_iters: int):
+    q = scaled_params(p, k)
+    return dataclasses.replace(q, stage1=dataclasses.replace(q.stage1, seed=seed),
+                               stage2=dataclasses.replace(q.stage2, seed=seed, iters=stage2_iters))
+
+
+def sweep_run(p, k: int, seed: int, stage2_steps: list[int], data: Path, device, log, on_result) -> dict:
+    """Stage 1 at k x the params' budget with `seed`, then one stage-2 run evaluated at each of
+    `stage2_steps`. `on_result(run)` gets the run after every evaluation (partial results survive)."""
+    from goae.metrics.protocols import run_evaluation
+    from goae.train import common
+    from goae.train.stages import train_stage1, train_stage2
+    q = seeded_params(p, k, seed, max(stage2_steps))
+    run = {"stage1_multiplier": k, "seed": seed, "stage1_iters": q.stage1.iters, "stage1_batch": q.stage1.batch_size,
+           "stage2_batch": q.stage2.batch_size, "encoder_schedule": list(q.encoder.schedule), "stage2": []}
+    quiet = lambda *a, **kw: None  # noqa: E731
+    with tempfile.TemporaryDirectory(prefix="goae-sweep-") as tmp:
+        tmp = Path(tmp)
+        G, gcfg = common.load_generator(device=device)
+        t0 = time.time()
+        train_stage1(q, data / "train", davg_file(q, G, tmp, device), tmp / "s1", tmp / "st1", tmp / "c1.csv",
+                     device, log=quiet)
+        run["stage1_s"] = round(time.time() - t0, 1)
+        t_train = [time.time()]
+
+        def evaluate(n: int, afa) -> None:
+            if n not in stage2_steps:
+                return
+            train_s = time.time() - t_train[0]
+            t1 = time.time()
+            snap = tmp / f"s2_{n}"
+            common.save_module(snap / "afa", afa, {"afa": common.config_dict(afa.cfg), "steps": n,
+                                                   "provenance": {"generator": gcfg.get("provenance")}})
+            ev = run_evaluation(q, G, gcfg.get("provenance"), tmp / "s1", snap, data / "celeba", data / "mead",
+                                device, log=quiet)
+            run["stage2"].append({"stage2_iters": n, "stage2_train_s": round(train_s, 1),
+                                  "mix_mask_mean": mix_mask_mean(q, G, tmp / "s1", snap, data / "celeba", device),
+                                  "checks": checks(ev.results), "metrics": subset(ev.results)})
+            log(f"stage1 {k}x seed {seed} stage2 {n} it: {json.dumps(run['stage2'][-1]['checks'])}")
+            on_result(run)
+            t_train[0] += time.time() - t1   # training time excludes evaluations
+
+        train_stage2(q, data / "train", tmp / "s1", tmp / "s2", tmp / "st2", tmp / "c2.csv", device, log=quiet,
+                     on_step=evaluate)
+    return run
+
+
+def davg_file(q, G, tmp: Path, device) -> Path:
+    davg = Path("models/davg/davg.safetensors")
+    if davg.is_file():
+        return davg
+    from safetensors.torch import save_file
+    from goae.train import common
+    from goae.train.davg import compute_davg
+    r = compute_davg(G, common.build_mask(q, {}, device), q.davg.n_samples, q.davg.batch_size, q.davg.seed, device)
+    save_file({"d_avg": torch.tensor(r["d_avg"]), "d_avg_map": r["d_avg_map"].contiguous().cpu()},
+              str(tmp / "davg.safetensors"))
+    return tmp / "davg.safetensors"
+
+
+DIFFS = {"celeba_mse_goae_minus_wplus": lambda m: m["celeba"]["goae"]["mse"] - m["celeba"]["goae_wplus"]["mse"],
+         "celeba_lpips_goae_minus_wplus": lambda m: m["celeba"]["goae"]["lpips"] - m["celeba"]["goae_wplus"]["lpips"],
+         "mead_lpips_mix_minus_nomix": lambda m: sum(m["mead"]["goae"][g]["lpips"] - m["mead"]["goae_nomix"][g]["lpips"]
+                                                     for g in ("yaw_pm60", "yaw_0")) / 2}
+CHECK_KEYS = ("full_beats_wplus_mse", "full_beats_wplus_lpips", "mix_beats_nomix_novel_lpips", "all_hold")
+
+
+def summarize_sweep(runs: list[dict]) -> dict:
+    """Per budget (stage-1 multiplier, stage-2 iterations), over training seeds: how often each check holds
+    and the mean/min/max of the differences behind it (negative = the paper's ordering)."""
+    cells: dict[tuple[int, int], list[dict]] = {}
+    for r in runs:
+        for e in r["stage2"]:
+            cells.setdefault((r["stage1_iters"], e["stage2_iters"]), []).append(e | {"seed": r["seed"]})
+    table = []
+    for (s1, s2), es in sorted(cells.items()):
+        row = {"stage1_iters": s1, "stage2_iters": s2, "seeds": [e["seed"] for e in es]}
+        row["holds_fraction"] = {k: sum(bool(e["checks"][k]) for e in es) / len(es) for k in CHECK_KEYS}
+        for name, fn in DIFFS.items():
+            v = [fn(e["metrics"]) for e in es]
+            row[name] = {"mean": sum(v) / len(v), "min": min(v), "max": max(v)}
+        row["mean_order_holds"] = all(row[n]["mean"] < 0 for n in DIFFS)
+        table.append(row)
+    first = next((r for r in table if r["holds_fraction"]["all_hold"] == 1.0 and len(r["seeds"]) > 1), None)
+    first_mean = next((r for r in table if r["mean_order_holds"] and len(r["seeds"]) > 1), None)
+    pick = lambda r: None if r is None else {k: r[k] for k in ("stage1_iters", "stage2_iters", "seeds")}  # noqa: E731
+    return {"definition": "a budget (stage-1 iters, stage-2 iters) 'holds' when every check holds for every "
+                          "training seed run at it, 'holds_in_mean' when each difference averaged over the "
+                          "seeds is negative; both need at least 2 seeds; the first such budget in "
+                          "(stage-1, stage-2) order is reported",
+            "holds_at": pick(first), "holds_in_mean_at": pick(first_mean), "table": table}
+
+
 def train_and_evaluate(p, k: int, data: Path, device, log) -> dict:
     from goae.metrics.protocols import run_evaluation
     from goae.train import common
-    from goae.train.davg import compute_davg
     from goae.train.stages import train_stage1, train_stage2
     q = scaled_params(p, k)
     with tempfile.TemporaryDirectory(prefix="goae-ablation-") as tmp:
         tmp = Path(tmp)
         G, gcfg = common.load_generator(device=device)
-        davg = Path("models/davg/davg.safetensors")
-        if not davg.is_file():
-            from safetensors.torch import save_file
-            r = compute_davg(G, common.build_mask(q, {}, device), q.davg.n_samples, q.davg.batch_size, q.davg.seed,
-                             device)
-            davg = tmp / "davg.safetensors"
-            save_file({"d_avg": torch.tensor(r["d_avg"]), "d_avg_map": r["d_avg_map"].contiguous().cpu()}, str(davg))
+        davg = davg_file(q, G, tmp, device)
         t0 = time.time()
         quiet = lambda *a, **kw: None  # noqa: E731
         train_stage1(q, data / "train", davg, tmp / "s1", tmp / "st1", tmp / "c1.csv", device, log=quiet)
@@ -125,7 +220,14 @@ def main(argv=None) -> dict:
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--sweep", action="store_true", help="seeds x stage-1 multipliers x stage-2 snapshots")
+    ap.add_argument("--stage1", default="1", help="sweep: comma-separated stage-1 budget multipliers")
+    ap.add_argument("--seeds", default="0", help="sweep: comma-separated training seeds")
+    ap.add_argument("--stage2-steps", default="30,60,120,240,480", help="sweep: stage-2 step counts to evaluate")
+    ap.add_argument("--merge", nargs="+", default=None, help="sweep result files to merge into --out")
     a = ap.parse_args(argv)
+    if a.merge:
+        return merge(a.merge, a.out, a.params, a.eval)
     if a.threads:
         torch.set_num_threads(a.threads)
     p = load_params(a.params)
@@ -134,13 +236,25 @@ def main(argv=None) -> dict:
               "questions": {"full_beats_wplus": "celeba: goae < goae_wplus on MSE and LPIPS",
                             "mix_beats_nomix": "mead: goae < goae_nomix on LPIPS (mean of yaw_pm60, yaw_0)"},
               "device": str(device)}
+    if a.sweep:
+        runs: list[dict] = []
+        ints = lambda x: [int(v) for v in x.split(",") if v.strip()]  # noqa: E731
+        for k in ints(a.stage1):
+            for seed in ints(a.seeds):
+                print(f"[ablation] sweep: stage 1 at {k}x, seed {seed}", flush=True)
+                cur = len(runs)
+                runs.append(None)
+
+                def save(run, cur=cur):
+                    runs[cur] = run
+                    done = [r for r in runs if r is not None]
+                    write_json_atomic(a.out, json_safe({**result, "source": "trained here (sweep)", "runs": done,
+                                                        "summary": summarize_sweep(done)}))
+                sweep_run(p, k, seed, ints(a.stage2_steps), Path(a.data), device,
+                          lambda s: print(f"[ablation] {s}", flush=True), save)
+        return json.loads(Path(a.out).read_text())
     if not a.train:
-        ev = json.loads(Path(a.eval).read_text())
-        result.update(source=a.eval, budget=budget_of(p), checks=checks(ev), metrics=subset(ev),
-                      protocol={k: ev["protocol"][k] for k in ("seed",)} | {
-                          "n_celeba": ev["protocol"]["celeba"]["n_images"],
-                          "n_mead_ids": ev["protocol"]["mead"]["n_identities"]},
-                      real_weights=ev.get("real_weights"))
+        result.update(from_eval_json(p, a.eval))
     else:
         runs = []
         for k in [int(x) for x in a.train.split(",") if x.strip()]:
@@ -155,6 +269,33 @@ def main(argv=None) -> dict:
                       holds_at=next((r["budget"] for r in runs if r["checks"]["all_hold"]), None))
     write_json_atomic(a.out, json_safe(result))
     print(json.dumps(result.get("checks") or [r["checks"] for r in result["runs"]], indent=1))
+    return result
+
+
+def from_eval_json(p, path: str) -> dict:
+    """The checks on a pipeline evaluation (`dvc repro` writes metrics/eval.json)."""
+    ev = json.loads(Path(path).read_text())
+    return {"source": path, "budget": budget_of(p), "checks": checks(ev), "metrics": subset(ev),
+            "protocol": {"seed": ev["protocol"]["seed"], "n_celeba": ev["protocol"]["celeba"]["n_images"],
+                         "n_mead_ids": ev["protocol"]["mead"]["n_identities"]},
+            "real_weights": ev.get("real_weights")}
+
+
+def merge(files: list[str], out: str, params: str, eval_json: str | None = None) -> dict:
+    """Sweep files -> one result: every run, the per-budget summary over seeds, and the default-budget
+    pipeline figures (metrics/eval.json) when present."""
+    parts = [json.loads(Path(f).read_text()) for f in files]
+    p = load_params(params)
+    runs = [r for part in parts for r in part["runs"]]
+    result = {k: parts[0][k] for k in ("world", "questions", "device")}
+    result.update(source="trained here (sweep): " + ", ".join(sorted(Path(f).name for f in files)),
+                  protocol={"eval_seed": p.eval.seed, "fid": False, "n_celeba": p.eval.n_celeba,
+                            "n_mead_ids": p.eval.n_mead_ids},
+                  summary=summarize_sweep(runs), runs=runs)
+    if eval_json and Path(eval_json).is_file():   # the pipeline's own run at the params' budget
+        result["pipeline_run"] = from_eval_json(p, eval_json) | {"threads": "runtime.threads (torch default)"}
+    write_json_atomic(out, json_safe(result))
+    print(json.dumps(result["summary"]["holds_at"]), json.dumps(result["summary"]["holds_in_mean_at"]))
     return result
 
 

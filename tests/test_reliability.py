@@ -150,6 +150,35 @@ def test_stage2_interrupt_and_resume_is_bit_exact(w, monkeypatch):
 
 
 @pytest.mark.slow
+def test_stage2_snapshot_equals_shorter_run(w, monkeypatch):
+    """benchmarks/ablation.py --sweep evaluates the AFA after n steps of one long run as the n-step budget:
+    that is only honest if the snapshot is bit-identical to a run of n steps, whatever the callback does."""
+    from goae.config import params_from_dict
+    from goae.train import common, stages
+
+    monkeypatch.chdir(w)
+    p3 = params_from_dict(tiny_params(stage2={"iters": 3, "batch_size": 1}))
+    p2 = params_from_dict(tiny_params(stage2={"iters": 2, "batch_size": 1}))
+    E = common.build_encoder(p3, {})
+    common.save_module(w / "models" / "stage1" / "encoder", E, {"encoder": common.config_dict(E.cfg)})
+    data, s1 = "data/prepared/train", "models/stage1"
+    snaps = {}
+
+    def on_step(n, afa):
+        snaps[n] = {k: v.detach().clone() for k, v in afa.state_dict().items()}
+        torch.rand(7)  # a callback that draws from the global RNG must not shift the next steps
+
+    stages.train_stage2(p3, data, s1, w / "long", w / "long-state", w / "long.csv", torch.device("cpu"),
+                        on_step=on_step)
+    assert sorted(snaps) == [1, 2, 3]
+    stages.train_stage2(p2, data, s1, w / "short", w / "short-state", w / "short.csv", torch.device("cpu"))
+    short = load_tensors(w / "short" / "afa.safetensors")
+    assert _equal_tensors(short, snaps[2]) == []
+    assert _equal_tensors(load_tensors(w / "long" / "afa.safetensors"), snaps[3]) == []
+    assert _equal_tensors(short, snaps[3]) != []   # and the third step did change something
+
+
+@pytest.mark.slow
 def test_resume_only_when_params_and_inputs_are_unchanged(w, monkeypatch):
     """Unchanged → resume; a changed stage param, D_avg or training set → start fresh, saying so.
     (DVC re-runs the stage when any of them changes: resuming then would keep weights trained on

@@ -55,7 +55,10 @@ class Trainer:
         if self.d.world > 1:
             torch.distributed.barrier()
 
-    def run(self, step_fn: Callable[[int, dict, torch.Generator], dict]) -> dict:
+    def run(self, step_fn: Callable[[int, dict, torch.Generator], dict],
+            on_step: Callable[[int], None] | None = None) -> dict:
+        """`on_step(n)` runs after step n-1 (n steps done). Every step reseeds its own randomness, so
+        whatever it does (e.g. evaluate a snapshot) leaves the rest of the run unchanged."""
         start = 0
         state = TrainState(self.state_dir)
         if self.resume:
@@ -90,6 +93,8 @@ class Trainer:
                 self.metrics({f"{self.name}/{k}": v for k, v in terms.items()}, step)
             if (step + 1) % self.checkpoint_every == 0 and step + 1 < self.iters:
                 self._save(step + 1)
+            if on_step is not None:
+                on_step(step + 1)
         elapsed = time.time() - t0
         self._save(self.iters)
         self.curve.flush() if self.d.main else None
@@ -225,7 +230,10 @@ def stage2_hash(p: Params, stage1_dir, inputs: str = "") -> str:
 
 
 def train_stage2(p: Params, data_dir, stage1_dir, out_dir, state_dir, curve_path, device, d: Dist = Dist(),
-                 log=print, metrics=lambda m, s: None) -> dict:
+                 log=print, metrics=lambda m, s: None,
+                 on_step: Callable[[int, torch.nn.Module], None] | None = None) -> dict:
+    """`on_step(n, afa)` after every step (benchmarks evaluate snapshots this way: with a constant learning
+    rate and per-step seeding, the AFA after n steps of a longer run is the AFA of an n-step run)."""
     prov: dict = {}
     G, gcfg = common.load_generator(device=device)
     prov["generator"] = gcfg.get("provenance")
@@ -265,7 +273,7 @@ def train_stage2(p: Params, data_dir, stage1_dir, out_dir, state_dir, curve_path
         opt.step()
         return vals
 
-    summary = tr.run(step_fn)
+    summary = tr.run(step_fn, None if on_step is None else lambda n: on_step(n, A))
     if d.main:
         common.save_module(Path(out_dir) / "afa", A, {"afa": common.config_dict(A.cfg), "steps": p.stage2.iters,
                                                       "provenance": prov})

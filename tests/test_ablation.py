@@ -1,0 +1,49 @@
+"""benchmarks/ablation.py's sweep summary: which budget it reports as the one where the orderings hold."""
+from __future__ import annotations
+
+import importlib.util
+
+from _tiny import ROOT
+
+spec = importlib.util.spec_from_file_location("ablation_bench", ROOT / "benchmarks" / "ablation.py")
+ablation = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(ablation)
+
+
+def _metrics(goae_mse, wplus_mse, goae_lp, wplus_lp, mix60, nomix60, mix0, nomix0) -> dict:
+    row = lambda mse, lp: {"mse": mse, "lpips": lp, "id": 0.9, "geo_err": 1.0}  # noqa: E731
+    novel = lambda a, b: {"yaw_pm60": {"lpips": a, "id": 0.9, "geo_err": 1.0},  # noqa: E731
+                          "yaw_0": {"lpips": b, "id": 0.9, "geo_err": 1.0}}
+    return {"celeba": {"goae": row(goae_mse, goae_lp), "goae_wplus": row(wplus_mse, wplus_lp),
+                       "goae_nomix": row(goae_mse, goae_lp)},
+            "mead": {"goae": novel(mix60, mix0), "goae_wplus": novel(mix60, mix0), "goae_nomix": novel(nomix60, nomix0)}}
+
+
+def _entry(n: int, m: dict) -> dict:
+    full = {"celeba": {k: m["celeba"][k] | {"fid": 0, "time_s": 0} for k in m["celeba"]},
+            "mead": {k: {g: v | {"fid": 0} for g, v in m["mead"][k].items()} for k in m["mead"]}}
+    return {"stage2_iters": n, "checks": ablation.checks(full), "metrics": ablation.subset(full)}
+
+
+GOOD = _metrics(0.1, 0.2, 0.04, 0.05, 0.05, 0.07, 0.07, 0.08)      # every ordering of the paper
+BAD_MIX = _metrics(0.1, 0.2, 0.04, 0.05, 0.09, 0.07, 0.07, 0.08)   # mix loses on yaw ±60 (mean +0.005)
+
+
+def test_checks_read_the_paper_orderings():
+    assert _entry(1, GOOD)["checks"]["all_hold"]
+    c = _entry(1, BAD_MIX)["checks"]
+    assert c["full_beats_wplus_mse"] and c["full_beats_wplus_lpips"] and not c["mix_beats_nomix_novel_lpips"]
+
+
+def test_summary_needs_every_seed_and_reports_the_first_budget():
+    runs = [{"seed": 0, "stage1_iters": 40, "stage2": [_entry(30, BAD_MIX), _entry(60, GOOD), _entry(120, GOOD)]},
+            {"seed": 1, "stage1_iters": 40, "stage2": [_entry(30, GOOD), _entry(60, BAD_MIX), _entry(120, GOOD)]},
+            {"seed": 0, "stage1_iters": 10, "stage2": [_entry(30, GOOD)]}]    # one seed only: never reported
+    s = ablation.summarize_sweep(runs)
+    cells = {(r["stage1_iters"], r["stage2_iters"]): r for r in s["table"]}
+    assert cells[(40, 30)]["holds_fraction"]["all_hold"] == 0.5
+    assert cells[(40, 60)]["seeds"] == [0, 1]
+    assert abs(cells[(40, 30)]["mead_lpips_mix_minus_nomix"]["max"] - 0.005) < 1e-12
+    assert s["holds_at"] == {"stage1_iters": 40, "stage2_iters": 120, "seeds": [0, 1]}
+    # mean of (+0.005, -0.015) over the two seeds is negative at 30 already
+    assert s["holds_in_mean_at"] == {"stage1_iters": 40, "stage2_iters": 30, "seeds": [0, 1]}
