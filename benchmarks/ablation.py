@@ -185,11 +185,18 @@ def summarize_sweep(runs: list[dict]) -> dict:
     first = next((r for r in table if r["holds_fraction"]["all_hold"] == 1.0 and len(r["seeds"]) > 1), None)
     first_mean = next((r for r in table if r["mean_order_holds"] and len(r["seeds"]) > 1), None)
     pick = lambda r: None if r is None else {k: r[k] for k in ("stage1_iters", "stage2_iters", "seeds")}  # noqa: E731
+    entries = [e for es in cells.values() for e in es]
+    mix_d, ctx_d = DIFFS["mead_lpips_mix_minus_nomix"], CONTEXT["mead_lpips_wplus_minus_nomix"]
+    agree = sum((mix_d(e["metrics"]) < 0) == (ctx_d(e["metrics"]) < 0) for e in entries)
     return {"definition": "a budget (stage-1 iters, stage-2 iters) 'holds' when every check holds for every "
                           "training seed run at it, 'holds_in_mean' when each difference averaged over the "
                           "seeds is negative; both need at least 2 seeds; the first such budget in "
                           "(stage-1, stage-2) order is reported",
-            "holds_at": pick(first), "holds_in_mean_at": pick(first_mean), "table": table}
+            "holds_at": pick(first), "holds_in_mean_at": pick(first_mean),
+            "mix_wins_when_wplus_beats_nomix": {
+                "what": "evaluations in which (mix beats no-mix on novel LPIPS) == (w+ alone beats no-mix there)",
+                "agree": agree, "of": len(entries)},
+            "table": table}
 
 
 def train_and_evaluate(p, k: int, data: Path, device, log) -> dict:
