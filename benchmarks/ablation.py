@@ -5,9 +5,10 @@ occlusion-aware mix beat no mix on novel views (MEAD LPIPS, mean of the yaw_pm60
     python benchmarks/ablation.py --train 1,4,16       # train stage 1+2 at 1x/4x/16x the params' iterations
                                                        # in a temp dir, evaluate each, stop where all hold
     python benchmarks/ablation.py --sweep --stage1 1,4 --seeds 0,1,2 --stage2-steps 30,120,480 \
-        --out benchmarks/results/ablation_sweep_a.json  # per (stage-1 multiplier, training seed): one stage-2
+        --out a.json                                   # per (stage-1 multiplier, training seed): one stage-2
                                                        # run, evaluated at each listed step count
-    python benchmarks/ablation.py --merge benchmarks/results/ablation_sweep_*.json   # -> ablation.json
+    python benchmarks/ablation.py --merge a.json b.json     # -> benchmarks/results/ablation.json
+                                                       # (an earlier ablation.json merges like a sweep file)
 
 Sweep: one training seed per run (stage1.seed = stage2.seed = seed; eval.seed and the protocol stay
 fixed). A stage-2 snapshot after n steps IS the AFA of an n-step run (constant learning rate, every step
@@ -249,21 +250,15 @@ def main(argv=None) -> dict:
                             "mix_beats_nomix": "mead: goae < goae_nomix on LPIPS (mean of yaw_pm60, yaw_0)"},
               "device": str(device)}
     if a.sweep:
-        runs: list[dict] = []
+        done: list[dict] = []
+        save = lambda runs: write_json_atomic(a.out, json_safe({  # noqa: E731
+            **result, "source": "trained here (sweep)", "runs": runs, "summary": summarize_sweep(runs)}))
         ints = lambda x: [int(v) for v in x.split(",") if v.strip()]  # noqa: E731
         for k in ints(a.stage1):
             for seed in ints(a.seeds):
                 print(f"[ablation] sweep: stage 1 at {k}x, seed {seed}", flush=True)
-                cur = len(runs)
-                runs.append(None)
-
-                def save(run, cur=cur):
-                    runs[cur] = run
-                    done = [r for r in runs if r is not None]
-                    write_json_atomic(a.out, json_safe({**result, "source": "trained here (sweep)", "runs": done,
-                                                        "summary": summarize_sweep(done)}))
-                sweep_run(p, k, seed, ints(a.stage2_steps), Path(a.data), device,
-                          lambda s: print(f"[ablation] {s}", flush=True), save)
+                done.append(sweep_run(p, k, seed, ints(a.stage2_steps), Path(a.data), device,
+                                      lambda s: print(f"[ablation] {s}", flush=True), lambda r: save(done + [r])))
         return json.loads(Path(a.out).read_text())
     if not a.train:
         result.update(from_eval_json(p, a.eval))
