@@ -38,6 +38,7 @@ from goae.data.dataset import write_json_atomic  # noqa: E402
 from goae.metrics.report import json_safe  # noqa: E402
 
 OUT = Path("benchmarks/results/ablation.json")
+GENERATOR, DAVG = Path("models/generator"), Path("models/davg")  # the pipeline's outs (run from the repo root)
 METHODS = ["goae", "goae_wplus", "goae_nomix"]
 
 
@@ -76,11 +77,8 @@ def mix_mask_mean(p, G, stage1_dir, stage2_dir, celeba_dir, device) -> float:
     """Mean visibility mask of the mix on the first celeba images: 0 means the mix renders the w+ tri-plane."""
     from goae.metrics.protocols import load_split
     from goae.model.goae import GOAE
-    from goae.model.mix import MixConfig
     from goae.train.stages import load_afa, load_encoder
-    mix = MixConfig(planes=p.mix.planes, blur=p.mix.blur, sigma=p.mix.sigma, threshold=p.mix.threshold,
-                    kernel=p.mix.kernel)
-    model = GOAE(G, load_encoder(stage1_dir, device), load_afa(stage2_dir, device), mix).to(device).eval()
+    model = GOAE(G, load_encoder(stage1_dir, device), load_afa(stage2_dir, device), p.mix).to(device).eval()
     d = load_split(celeba_dir, "celeba", min(4, p.eval.n_celeba), G.img_resolution)
     r = model.invert(d.images.to(device), d.labels.to(device), generator=torch.Generator(device=device).manual_seed(0))
     return float(r.masks.mean())
@@ -113,10 +111,10 @@ def sweep_run(p, k: int, seed: int, stage2_steps: list[int], data: Path, device,
     quiet = lambda *a, **kw: None  # noqa: E731
     with tempfile.TemporaryDirectory(prefix="goae-sweep-") as tmp:
         tmp = Path(tmp)
-        G, gcfg = common.load_generator(device=device)
+        G, gcfg = common.load_generator(GENERATOR, device=device)
         t0 = time.time()
-        train_stage1(q, data / "train", davg_file(q, G, tmp, device), tmp / "s1", tmp / "st1", tmp / "c1.csv",
-                     device, log=quiet)
+        train_stage1(q, data / "train", davg_dir(q, G, tmp, device), tmp / "s1", tmp / "st1", tmp / "c1.csv",
+                     device, generator=GENERATOR, log=quiet)
         run["stage1_s"] = round(time.time() - t0, 1)
         t_train = [time.time()]
 
@@ -137,22 +135,20 @@ def sweep_run(p, k: int, seed: int, stage2_steps: list[int], data: Path, device,
             on_result(run)
             t_train[0] += time.time() - t1   # training time excludes evaluations
 
-        train_stage2(q, data / "train", tmp / "s1", tmp / "s2", tmp / "st2", tmp / "c2.csv", device, log=quiet,
-                     on_step=evaluate)
+        train_stage2(q, data / "train", tmp / "s1", tmp / "s2", tmp / "st2", tmp / "c2.csv", device,
+                     generator=GENERATOR, log=quiet, on_step=evaluate)
     return run
 
 
-def davg_file(q, G, tmp: Path, device) -> Path:
-    davg = Path("models/davg/davg.safetensors")
-    if davg.is_file():
-        return davg
-    from safetensors.torch import save_file
+def davg_dir(q, G, tmp: Path, device) -> Path:
+    """The pipeline's D_avg folder when it exists, else one computed into `tmp`."""
+    from goae.train.davg import DAVG_FILE, compute_davg, save_davg
+    if (DAVG / DAVG_FILE).is_file():
+        return DAVG
     from goae.train import common
-    from goae.train.davg import compute_davg
     r = compute_davg(G, common.build_mask(q, {}, device), q.davg.n_samples, q.davg.batch_size, q.davg.seed, device)
-    save_file({"d_avg": torch.tensor(r["d_avg"]), "d_avg_map": r["d_avg_map"].contiguous().cpu()},
-              str(tmp / "davg.safetensors"))
-    return tmp / "davg.safetensors"
+    save_davg(tmp, {**r, "d_avg_map": r["d_avg_map"].cpu()})
+    return tmp
 
 
 DIFFS = {"celeba_mse_goae_minus_wplus": lambda m: m["celeba"]["goae"]["mse"] - m["celeba"]["goae_wplus"]["mse"],
@@ -207,12 +203,14 @@ def train_and_evaluate(p, k: int, data: Path, device, log) -> dict:
     q = scaled_params(p, k)
     with tempfile.TemporaryDirectory(prefix="goae-ablation-") as tmp:
         tmp = Path(tmp)
-        G, gcfg = common.load_generator(device=device)
-        davg = davg_file(q, G, tmp, device)
+        G, gcfg = common.load_generator(GENERATOR, device=device)
+        davg = davg_dir(q, G, tmp, device)
         t0 = time.time()
         quiet = lambda *a, **kw: None  # noqa: E731
-        train_stage1(q, data / "train", davg, tmp / "s1", tmp / "st1", tmp / "c1.csv", device, log=quiet)
-        train_stage2(q, data / "train", tmp / "s1", tmp / "s2", tmp / "st2", tmp / "c2.csv", device, log=quiet)
+        train_stage1(q, data / "train", davg, tmp / "s1", tmp / "st1", tmp / "c1.csv", device, generator=GENERATOR,
+                     log=quiet)
+        train_stage2(q, data / "train", tmp / "s1", tmp / "s2", tmp / "st2", tmp / "c2.csv", device,
+                     generator=GENERATOR, log=quiet)
         t_train = time.time() - t0
         ev = run_evaluation(q, G, gcfg.get("provenance"), tmp / "s1", tmp / "s2", data / "celeba", data / "mead",
                             device, log=log)

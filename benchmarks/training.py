@@ -80,11 +80,12 @@ def bench(kind: str, device: torch.device, paper_steps: int) -> tuple[dict, dict
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(device)
                 if stage == "stage1":
-                    fn = lambda: train_stage1(p, "data/train", "davg.safetensors", "out1", ".state1", "curve1.csv",  # noqa: E731
-                                              device, log=lambda *_: None, metrics=metrics)
+                    fn = lambda: train_stage1(p, "data/train", ".", "out1", ".state1", "curve1.csv",  # noqa: E731
+                                              device, generator="models/generator", log=lambda *_: None,
+                                              metrics=metrics)
                 else:
                     fn = lambda: train_stage2(p, "data/train", "out1", "out2", ".state2", "curve2.csv", device,  # noqa: E731
-                                              log=lambda *_: None, metrics=metrics)
+                                              generator="models/generator", log=lambda *_: None, metrics=metrics)
                 t0 = time.perf_counter()
                 summary = fn()
                 # the loop starts after model building; Trainer.run's own clock gives its length

@@ -8,11 +8,13 @@ tiny world shrinks sizes, never the weights. Imports nothing else from goae.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Mapping, Optional
 
 import yaml
 
@@ -92,14 +94,16 @@ class DavgConfig:
 
 
 @dataclass
-class EncoderConfigP:
+class EncoderPreset:
+    """Which goae.model.encoder.EncoderConfig preset (paper SwinV2-B or tiny) and the knobs it takes."""
     size: Literal["tiny", "paper"] = "paper"
     drop_path_rate: float = field(default=0.2, metadata=_rng(0.0, 1.0))
     schedule: list[int] = field(default_factory=lambda: [10000, 20000, 30000])
 
 
 @dataclass
-class AfaConfigP:
+class AfaPreset:
+    """Which goae.model.afa.AFAConfig preset; its width follows the generator's F."""
     size: Literal["tiny", "paper"] = "paper"
 
 
@@ -130,20 +134,27 @@ class TrainConfig:
 
 @dataclass
 class StageConfig:
+    """Stage 2 (the AFA alone); stage 1 adds the latent discriminator's learning rate."""
     iters: int = field(default=100, metadata=_rng(1))
     batch_size: int = field(default=4, metadata=_rng(1))
     lr: float = field(default=1e-4, metadata=_rng(0.0))
-    d_lr: float = field(default=2e-5, metadata=_rng(0.0))
     seed: int = field(default=0, metadata=_rng(0))
 
 
 @dataclass
-class MixConfigP:
-    planes: Literal["all", "xy"] = "all"          # paper: all three planes; release: XY only
-    blur: Literal["fixed", "random"] = "fixed"    # release: σ ~ U[1,2] per call
+class Stage1Config(StageConfig):
+    d_lr: float = field(default=2e-5, metadata=_rng(0.0))   # D_Wc (Eq. 2)
+
+
+@dataclass
+class MixConfig:
+    """The occlusion-aware mix (Eqs. 7-8), passed as is to goae.model.mix."""
+    planes: Literal["all", "xy"] = "all"          # paper: all three planes; release: plane 0 (XY) only
+    blur: Literal["fixed", "random"] = "fixed"    # release: σ ~ U[sigma_range] per blur call
     sigma: float = field(default=1.5, metadata=_rng(0.0))
-    threshold: float = field(default=0.35, metadata=_rng(0.0, 1.0))
-    kernel: int = field(default=9, metadata=_rng(1))
+    sigma_range: tuple[float, float] = (1.0, 2.0)
+    threshold: float = field(default=0.35, metadata=_rng(0.0, 1.0))  # release binarises the first blur at > 0.35
+    kernel: int = field(default=9, metadata=_rng(1))                  # release GaussianBlur(9, ...)
 
 
 @dataclass
@@ -175,13 +186,13 @@ class Params:
     assets: AssetsConfig = field(default_factory=AssetsConfig)
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     davg: DavgConfig = field(default_factory=DavgConfig)
-    encoder: EncoderConfigP = field(default_factory=EncoderConfigP)
-    afa: AfaConfigP = field(default_factory=AfaConfigP)
+    encoder: EncoderPreset = field(default_factory=EncoderPreset)
+    afa: AfaPreset = field(default_factory=AfaPreset)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    stage1: StageConfig = field(default_factory=StageConfig)
+    stage1: Stage1Config = field(default_factory=Stage1Config)
     stage2: StageConfig = field(default_factory=StageConfig)
-    mix: MixConfigP = field(default_factory=MixConfigP)
+    mix: MixConfig = field(default_factory=MixConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
@@ -276,6 +287,8 @@ def params_from_dict(data: dict) -> Params:
 def _cross_checks(p: Params) -> None:
     if sorted(p.encoder.schedule) != p.encoder.schedule or len(p.encoder.schedule) != 3:
         raise ConfigError("encoder.schedule: expected three increasing iteration counts")
+    if len(p.mix.sigma_range) != 2 or not 0 < p.mix.sigma_range[0] <= p.mix.sigma_range[1]:
+        raise ConfigError("mix.sigma_range: expected [low, high] with 0 < low <= high")
     bad = [f for f in p.assets.allow_fallbacks if f not in ("embedded", "packaged", "random")]
     if bad:
         raise ConfigError(f"assets.allow_fallbacks: unknown fallback(s) {bad}")
@@ -302,18 +315,18 @@ def to_dict(obj) -> dict:
     return dataclasses.asdict(obj)
 
 
-def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    """Nested mapping → dotted keys (`loss.lambda5`), lists kept as values."""
+def flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
+    """Nested mapping → dotted keys (`loss.lambda5`), lists kept as values. The one flatten (params, metrics)."""
     out: dict[str, Any] = {}
     for k, v in d.items():
         key = f"{prefix}.{k}" if prefix else str(k)
-        if isinstance(v, dict):
+        if isinstance(v, Mapping):
             out.update(flatten(v, key))
         else:
             out[key] = v
     return out
 
 
-def section(p: Params, *names: str) -> dict:
-    """The named sections as a plain dict (what a stage logs as its own params)."""
-    return {n: to_dict(getattr(p, n)) for n in names}
+def params_hash(obj, n: int = 12) -> str:
+    """sha1 of canonical JSON (key order and YAML comments do not count): resume fingerprints, run keys."""
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str, separators=(",", ":")).encode()).hexdigest()[:n]

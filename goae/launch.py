@@ -1,6 +1,6 @@
 """Multi-process launch for the training stages: `torch.distributed.run` (torchrun), never our own launcher.
 
-A stage script calls `maybe_torchrun("params.yaml", sys.argv)` before anything else. With
+A stage (goae.pipeline.stage with torchrun=True) calls `maybe_torchrun(params, sys.argv)` before any work. With
 `train.gpus * train.nnodes > 1` and no torchrun environment yet, the script replaces itself (os.execv,
 same pid, so DVC's signals reach torchrun, which forwards them to the workers) with
 
@@ -57,16 +57,16 @@ def maybe_torchrun(params, script_argv: list[str]) -> None:
 
     `params`: a goae.config.Params or the path of params.yaml. A params file that does not parse is
     left to the stage itself (which reports the bad key), so this never hides a config error."""
-    if inside_torchrun():
-        return
     if not hasattr(params, "train"):
+        if inside_torchrun():
+            return
         from goae.config import ConfigError, load_params
         try:
             params = load_params(params)
         except ConfigError:
             return
-    gpus, nnodes = int(params.train.gpus), int(params.train.nnodes)
-    if gpus * nnodes <= 1:
+    gpus, nnodes = int(params.train.gpus), int(params.train.nnodes)  # read in every process (declared keys)
+    if inside_torchrun() or gpus * nnodes <= 1:
         return
     if not Path(script_argv[0]).is_file():
         raise FileNotFoundError(f"maybe_torchrun: script {script_argv[0]} not found (run the stage as a file)")

@@ -17,33 +17,15 @@ the full Eq. 11 value (detached, for logging) as 'total' and 'eq11'.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Any, Callable, Literal
+from typing import Callable, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from goae.config import LossConfig  # the weights λ1..λ7, γ: paper §4.5 defaults, one place
+
 DRows = Literal["all", "base"]
-
-
-@dataclass(frozen=True)
-class LossWeights:
-    """Paper §4.5 values; names match params `loss.lambda1..7` / `loss.r1_gamma`."""
-    lambda1: float = 1.0      # L2 (Eq. 10)
-    lambda2: float = 0.8      # LPIPS (Eq. 10)
-    lambda3: float = 0.25     # ID (Eq. 10)
-    lambda4: float = 0.05     # L_adv^E (Eq. 11)
-    lambda5: float = 5.0      # L_BG (Eq. 11)
-    lambda6: float = 0.001    # L_w+
-    lambda7: float = 0.0001   # L_ΔF (stage 2)
-    r1_gamma: float = 10.0    # γ (Eq. 2)
-
-    @classmethod
-    def from_config(cls, cfg: Any) -> "LossWeights":
-        """From any object/mapping with these attribute names (e.g. goae.config.LossConfig)."""
-        get = cfg.get if isinstance(cfg, dict) else lambda k, d: getattr(cfg, k, d)
-        return cls(**{f.name: float(get(f.name, f.default)) for f in fields(cls)})
 
 
 # ----------------------------------------------------------------------------- latent adversarial
@@ -181,11 +163,12 @@ class ReconstructionLoss(nn.Module):
       `arcface_path`, else a seeded random IR-SE50 (offline tests only), with `id_embedding`.
     """
 
-    def __init__(self, weights: LossWeights = LossWeights(), *, lpips_net: nn.Module | None = None,
+    def __init__(self, weights: LossConfig | None = None, *, lpips_net: nn.Module | None = None,
                  alexnet_path: str | None = None, id_net: nn.Module | None = None,
                  id_embed: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None,
                  arcface_path: str | None = None, seed: int = 0):
         super().__init__()
+        weights = LossConfig() if weights is None else weights
         self.weights = weights
         if lpips_net is None and weights.lambda2 > 0:
             from goae.metrics.image import build_lpips
@@ -228,7 +211,7 @@ class ReconstructionLoss(nn.Module):
 
 # ----------------------------------------------------------------------------- totals
 
-def stage1_encoder_loss(weights: LossWeights, rec: dict[str, torch.Tensor], *,
+def stage1_encoder_loss(weights: LossConfig, rec: dict[str, torch.Tensor], *,
                         adv_e: torch.Tensor | None = None, bg: torch.Tensor | None = None,
                         w_delta: torch.Tensor | None = None,
                         d_adv: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
@@ -247,7 +230,7 @@ def stage1_encoder_loss(weights: LossWeights, rec: dict[str, torch.Tensor], *,
     return out
 
 
-def stage2_loss(weights: LossWeights, rec: dict[str, torch.Tensor], delta_f: torch.Tensor,
+def stage2_loss(weights: LossConfig, rec: dict[str, torch.Tensor], delta_f: torch.Tensor,
                 adv_e: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Stage 2 (AFA only, encoder frozen): L_rec + λ7·||ΔF||_2 (§4.5). The paper drops the latent-D
     losses and L_w+; `adv_e` (release keeps the latent-D loss on) is added with λ4 if given."""

@@ -1,13 +1,21 @@
 """What every DVC stage script shares: strict params first, tracking check, child run, atomic outs.
 
-A stage script is `with stage("name", ["section", ...]) as ctx: ...`. Order matters for reliability:
-1. params are parsed strictly (a bad value fails in a second, naming the key, before any work);
+A stage script is a `main()` that parses its paths (given once, in its `dvc.yaml` cmd) and runs
+`with stage("name", outs=[...]) as ctx: ...`. Order matters for reliability:
+1. params are parsed strictly (a bad value fails in a second, naming the key, before any work), and
+   `ctx.params` is a `ParamsView` restricted to the keys `dvc.yaml` lists for the stage: reading any other
+   key fails (DVC would not re-run the stage when it changes);
 2. the tracking store is checked (an unreachable store fails at start, with no outs written);
 3. the stage's outs are built in temporary siblings and moved into place only on success, so an
    interrupted stage leaves its outs absent (DVC then reports it as changed), never half-written.
+
+With `GOAE_PARAMS_AUDIT=<dir>` a finished stage writes `<dir>/<stage>.json` (declared and read keys); the
+pipeline test uses it to prove every declared key is read. `training_main` is the one runner of both
+training stage scripts.
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import shutil
@@ -16,13 +24,18 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import yaml
 
 from goae import tracking
-from goae.config import Params, load_params, section
-from goae.train.loop import Dist, init_distributed, pick_device
+from goae.config import load_params
+from goae.fileio import write_json_atomic
+from goae.launch import maybe_torchrun
+from goae.params_view import ParamsView, stage_values
+from goae.runtime import Dist, init_distributed, pick_device
+
+AUDIT_ENV = "GOAE_PARAMS_AUDIT"
 
 
 class AtomicOutputs:
@@ -67,7 +80,7 @@ def _remove(p: Path) -> None:
 @dataclass
 class StageContext:
     name: str
-    params: Params
+    params: ParamsView
     raw_params: dict
     device: object
     dist: Dist
@@ -87,14 +100,39 @@ def _noop_ctx():
     return contextlib.nullcontext(None)
 
 
+def declared_params(name: str, dvc_yaml: str | Path) -> list[str] | None:
+    """The params keys `dvc.yaml` lists for stage `name` (None: no such file or stage, e.g. a test driver)."""
+    try:
+        spec = yaml.safe_load(Path(dvc_yaml).read_text()) or {}
+    except FileNotFoundError:
+        return None
+    st = (spec.get("stages") or {}).get(name)
+    return None if st is None else stage_params(st)
+
+
+def stage_params(st: dict) -> list[str]:
+    """A dvc.yaml stage's params entries: `- key` (params.yaml) or `- other.yaml: [key, ...]`."""
+    keys: list[str] = []
+    for entry in st.get("params") or []:
+        keys += [str(k) for v in entry.values() for k in v] if isinstance(entry, dict) else [str(entry)]
+    return keys
+
+
 @contextlib.contextmanager
-def stage(name: str, sections: list[str], outs: list[str] = (), params_path: str = "params.yaml",
-          tags: dict | None = None) -> Iterator[StageContext]:
+def stage(name: str, keys: list[str] | None = None, outs: list[str] = (), params_path: str = "params.yaml",
+          tags: dict | None = None, torchrun: bool = False) -> Iterator[StageContext]:
+    """`keys`: the params keys (or whole sections) the stage may read; None = its `dvc.yaml` entry (beside
+    the params file), unrestricted when there is none. `torchrun`: relaunch under torchrun when
+    `train.gpus * train.nnodes > 1` (goae.launch)."""
     try:
         params = load_params(params_path)
+        declared = keys if keys is not None else declared_params(name, Path(params_path).with_name("dvc.yaml"))
+        view = ParamsView(params, declared, stage=name)
     except Exception as e:
         print(f"[{name}] invalid params: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    if torchrun:
+        maybe_torchrun(view, sys.argv)  # train.gpus*nnodes > 1: re-exec under torchrun (never returns)
     raw = yaml.safe_load(Path(params_path).read_text()) or {}
     d = init_distributed()
     if d.main:
@@ -103,10 +141,10 @@ def stage(name: str, sections: list[str], outs: list[str] = (), params_path: str
         except tracking.TrackingUnavailable as e:
             print(f"[{name}] {e}", file=sys.stderr)
             raise SystemExit(3) from None
-    device = pick_device(params.runtime)
+    device = pick_device(view.runtime)
     outs_obj = AtomicOutputs(*outs) if (outs and d.main) else None
-    run = tracking.stage_run(name, section(params, *sections), params=raw, tags=tags) if d.main else _noop_ctx()
-    ctx = StageContext(name, params, raw, device, d, outs_obj)
+    run = tracking.stage_run(name, stage_values(view), params=raw, tags=tags) if d.main else _noop_ctx()
+    ctx = StageContext(name, view, raw, device, d, outs_obj)
     try:
         with run:
             yield ctx
@@ -119,3 +157,30 @@ def stage(name: str, sections: list[str], outs: list[str] = (), params_path: str
         if not isinstance(sys.exc_info()[1], SystemExit):
             traceback.print_exc()
         raise
+    if d.main and os.environ.get(AUDIT_ENV):
+        write_json_atomic(Path(os.environ[AUDIT_ENV]) / f"{name}.json",
+                          {"declared": sorted(view.declared or ()), "read": sorted(view.reads)})
+
+
+def training_main(name: str, train: Callable, input_flag: str, input_help: str, argv=None) -> None:
+    """The runner of both training stage scripts: paths from the command line, torchrun relaunch, the
+    stage context, then the summary, curve (a DVC plot) and weight tags. `train(p, data, <input>, out,
+    state, curve, device, d, generator=..., log=..., metrics=...)` is goae.train.stages.train_stage1/2."""
+    ap = argparse.ArgumentParser(prog=f"stages/{name}.py", description=f"DVC stage {name}")
+    ap.add_argument("--data", required=True, help="prepared training split (EG3D dataset.json + images)")
+    ap.add_argument("--generator", required=True, help="the generator folder written by `ingest`")
+    ap.add_argument(input_flag, required=True, help=input_help)
+    ap.add_argument("--out", required=True, help="weights folder (a DVC out)")
+    ap.add_argument("--curve", required=True, help="loss curve CSV (a DVC plot)")
+    ap.add_argument("--state", required=True, help="resume checkpoints (kept between runs, not a DVC out)")
+    a = ap.parse_args(argv)
+    with stage(name, outs=[a.out, a.curve], torchrun=True) as ctx:
+        out = ctx.outs.dir(a.out) if ctx.outs else None
+        curve = Path(a.state) / "curve.csv"
+        r = train(ctx.params, a.data, getattr(a, input_flag.lstrip("-").replace("-", "_")), out, a.state, curve,
+                  ctx.device, ctx.dist, generator=a.generator, log=ctx.log, metrics=ctx.metrics)
+        if ctx.dist.main:
+            tracking.set_tags({f"weights.{k}": str(v) for k, v in r["provenance"].items()})
+            write_json_atomic(out / "summary.json", dict(r))
+            shutil.copyfile(curve, ctx.outs.file(a.curve))
+            tracking.log_artifact(ctx.outs.file(a.curve))

@@ -102,16 +102,24 @@ def stage_env(root: Path, **extra: str) -> dict:
     return env
 
 
+def stage_argv(stage: str) -> list[str]:
+    """The stage's `dvc.yaml` cmd (its paths are written there only), with this checkout's script."""
+    import shlex
+    args = shlex.split(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"][stage]["cmd"])
+    assert args[0] == "python" and args[1].endswith(".py"), args
+    return [PY, str(ROOT / args[1]), *args[2:]]
+
+
 def run_stage(root: Path, stage: str, timeout: float = 240, **env) -> subprocess.CompletedProcess:
-    """`python stages/<stage>.py` in `root` (the stage scripts of this checkout)."""
-    return subprocess.run([PY, str(ROOT / "stages" / f"{stage}.py")], cwd=root, env=stage_env(root, **env),
+    """The stage's dvc.yaml cmd in `root` (the stage scripts of this checkout)."""
+    return subprocess.run(stage_argv(stage), cwd=root, env=stage_env(root, **env),
                           capture_output=True, text=True, timeout=timeout)
 
 
 def start_stage(root: Path, stage: str, **env) -> subprocess.Popen:
     """Like run_stage, in the background; output goes to `<root>/<stage>.log`."""
     with open(Path(root) / f"{stage}.log", "w") as f:
-        return subprocess.Popen([PY, str(ROOT / "stages" / f"{stage}.py")], cwd=root,
+        return subprocess.Popen(stage_argv(stage), cwd=root,
                                 env=stage_env(root, **env), stdout=f, stderr=subprocess.STDOUT)
 
 
@@ -129,7 +137,7 @@ def run_stage_killed(root: Path, stage: str, after_step: int, timeout: float = 2
     curve = Path(root) / ".goae-state" / stage / "curve.csv"
     log = Path(root) / f"{stage}.killed.log"
     with open(log, "w") as f:
-        proc = subprocess.Popen([PY, str(ROOT / "stages" / f"{stage}.py")], cwd=root, env=stage_env(root, **env),
+        proc = subprocess.Popen(stage_argv(stage), cwd=root, env=stage_env(root, **env),
                                 stdout=f, stderr=subprocess.STDOUT)
         t0 = time.time()
         try:

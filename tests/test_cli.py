@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from goae import cli
+from goae import app, cli
 from goae.data import photos as photos_mod
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +38,7 @@ def stand_in(tmp_path_factory):
     d = tmp_path_factory.mktemp("cwd")
     os.chdir(d)
     try:
-        return cli.load_models(d / "no_models", torch.device("cpu"), None, "params.yaml")
+        return app.load_models(d / "no_models", torch.device("cpu"), None, "params.yaml")
     finally:
         os.chdir(cwd)
 
@@ -47,7 +47,7 @@ def stand_in(tmp_path_factory):
 def goae(monkeypatch, tmp_path, detector, stand_in):
     """Run `goae ARGS` in-process from a bare cwd; returns the exit status."""
     monkeypatch.setattr(photos_mod, "build_detector", lambda name, device: detector)
-    monkeypatch.setattr(cli, "load_models", lambda *a, **k: stand_in)
+    monkeypatch.setattr(app, "load_models", lambda *a, **k: stand_in)
     monkeypatch.chdir(tmp_path)
     return lambda *args: cli.main([str(a) for a in args] + (["--device", "cpu"] if args[0] in
                                                              ("invert", "edit", "sample") else []))

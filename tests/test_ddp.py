@@ -36,6 +36,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from _tiny import stage_argv
+
 ROOT = Path(__file__).resolve().parents[1]
 
 TINY_GENERATOR = dict(seed=0, img_resolution=128, channel_base=256, channel_max=16, neural_rendering_resolution=16,
@@ -148,7 +150,7 @@ def test_davg_two_ranks_equal_one(world, tmp_path):
         (cwd / "models").mkdir(parents=True)
         (cwd / "models" / "generator").symlink_to(world / "models" / "generator")
         _write_params(cwd / "params.yaml", _params(gpus, opacity))
-        log = _run([sys.executable, str(ROOT / "stages" / "davg.py")], cwd, env)
+        log = _run(stage_argv("davg"), cwd, env)
         assert ("torch.distributed.run" in log) == (gpus == 2), log[-2000:]
         out[gpus] = (load_file(str(cwd / "models" / "davg" / "davg.safetensors")),
                      json.loads((cwd / "metrics" / "davg.json").read_text()))
@@ -229,11 +231,12 @@ def _driver(argv: list[str]) -> None:
         init.update({k: v.detach().clone() for k, v in E.state_dict().items() if v.is_floating_point()})
         return E
     common.build_encoder = build_and_keep
-    with stage(f"ddp_stage1_{tag}", ["encoder", "loss", "stage1", "train", "runtime"], outs=[f"out_{tag}"],
-               params_path=params_path) as ctx:
+    with stage(f"ddp_stage1_{tag}", ["encoder", "loss", "stage1", "train", "runtime", "davg", "assets"],
+               outs=[f"out_{tag}"], params_path=params_path, torchrun=True) as ctx:
         out = ctx.outs.dir(f"out_{tag}") if ctx.outs else None
-        r = train_stage1(ctx.params, "data/raw/train", "davg.safetensors", out, f".state_{tag}",
-                         f".state_{tag}/curve.csv", ctx.device, ctx.dist, log=ctx.log, metrics=ctx.metrics)
+        r = train_stage1(ctx.params, "data/raw/train", ".", out, f".state_{tag}",
+                         f".state_{tag}/curve.csv", ctx.device, ctx.dist, generator="models/generator", log=ctx.log,
+                         metrics=ctx.metrics)
         if ctx.dist.main:
             write_json_atomic(out / "summary.json", {"world": ctx.dist.world, "final": r["final"],
                                                      "img_per_s": r["img_per_s"]})

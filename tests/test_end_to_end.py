@@ -3,7 +3,7 @@
 import torch
 
 from goae import losses as L
-from goae.config import GeneratorConfig
+from goae.config import GeneratorConfig, LossConfig
 from goae.data.world import build_embedded_generator
 from goae.eg3d import camera as cam
 from goae.masks import DepthThresholdMask
@@ -33,7 +33,7 @@ def test_stage1_and_stage2_losses_backprop():
     A = AFA(AFAConfig.tiny(d_model=feature_channels(G), heads=4))
     D = LatentCodesDiscriminator()
     model = GOAE(G, E, A)
-    W = L.LossWeights()
+    W = LossConfig()
     rec = L.ReconstructionLoss(W, id_net=random_arcface(0, num_layers=4))
     mask = DepthThresholdMask(opacity_min=0.4)
     g = torch.Generator().manual_seed(0)

@@ -6,18 +6,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from goae import losses as L
+from goae.config import LossConfig
 from goae.model.discriminator import LatentCodesDiscriminator, LatentDiscriminatorConfig
 
 
-def test_weights_are_the_papers_and_load_from_config():
-    w = L.LossWeights()
+def test_weights_are_the_papers_in_the_one_loss_config():
+    """The loss weights have one home (goae.config.LossConfig, the params `loss` section), passed straight
+    into the losses: its defaults are the paper's §4.5 values."""
+    from goae.config import LossConfig, params_from_dict
+    w = LossConfig()
     assert (w.lambda1, w.lambda2, w.lambda3, w.lambda4, w.lambda5, w.lambda6, w.lambda7, w.r1_gamma) == \
         (1.0, 0.8, 0.25, 0.05, 5.0, 0.001, 0.0001, 10.0)
-    assert L.LossWeights.from_config({"lambda5": 3.0}).lambda5 == 3.0
-    config = pytest.importorskip("goae.config")
-    cfg = config.LossConfig(lambda2=0.5)
-    got = L.LossWeights.from_config(cfg)
-    assert got.lambda2 == 0.5 and got.lambda1 == cfg.lambda1 and got.r1_gamma == cfg.r1_gamma
+    assert params_from_dict({"loss": {"lambda5": 3}}).loss.lambda5 == 3.0
+    assert not hasattr(L, "LossWeights")
 
 
 def test_softplus_forms_of_eq2_eq3_on_known_logits():
@@ -144,7 +145,7 @@ class _L1(nn.Module):  # stand-in perceptual distance with a parameter that must
 
 def test_reconstruction_loss_terms_with_stand_ins():
     torch.manual_seed(0)
-    w = L.LossWeights()
+    w = LossConfig()
     rl = L.ReconstructionLoss(w, lpips_net=_L1(), id_net=_TinyID(), id_embed=_embed).train()
     assert not rl.id_net.training and not rl.lpips_net.training
     x = (torch.rand(2, 3, 16, 16) * 2 - 1).requires_grad_(True)
@@ -163,7 +164,7 @@ def test_reconstruction_loss_terms_with_stand_ins():
     same = rl(y, y)
     assert same["rec"].abs().item() < 1e-6 and same["id_sim"].item() == pytest.approx(1.0, abs=1e-6)
     # λ = 0 terms are skipped: no nets needed
-    bare = L.ReconstructionLoss(L.LossWeights(lambda2=0.0, lambda3=0.0))
+    bare = L.ReconstructionLoss(LossConfig(lambda2=0.0, lambda3=0.0))
     assert bare.lpips_net is None and bare.id_net is None
     torch.testing.assert_close(bare(x, y)["rec"], l2)
 
@@ -186,15 +187,15 @@ def test_reconstruction_loss_default_offline_stack():
 
 def test_reconstruction_loss_default_arcface_is_wired():
     arcface = pytest.importorskip("goae.nets.arcface")
-    rl = L.ReconstructionLoss(L.LossWeights(lambda2=0.0))   # ArcFace only: random IR-SE50, no path
+    rl = L.ReconstructionLoss(LossConfig(lambda2=0.0))   # ArcFace only: random IR-SE50, no path
     assert isinstance(rl.id_net, arcface.IRSE50) and rl.id_embed is arcface.id_embedding
     assert "random" in rl.provenance["arcface"] and not any(p.requires_grad for p in rl.id_net.parameters())
     with pytest.raises(FileNotFoundError):
-        L.ReconstructionLoss(L.LossWeights(lambda2=0.0), arcface_path="/nonexistent/model_ir_se50.pth")
+        L.ReconstructionLoss(LossConfig(lambda2=0.0), arcface_path="/nonexistent/model_ir_se50.pth")
 
 
 def test_stage_totals():
-    w = L.LossWeights()
+    w = LossConfig()
     rec = {"rec": torch.tensor(1.0), "l2": torch.tensor(0.5)}
     out = L.stage1_encoder_loss(w, rec, adv_e=torch.tensor(2.0), bg=torch.tensor(0.1),
                                 w_delta=torch.tensor(30.0), d_adv={"total": torch.tensor(1.3)})

@@ -26,6 +26,7 @@ from _tiny import ROOT, copy_world, curve_steps, load_tensors, tiny_params, writ
 
 DVC = Path(sys.executable).parent / "dvc"
 S1 = Path(".goae-state") / "train_stage1"
+GEN = "models/generator"  # the tiny world's generator (tests run in the world folder)
 
 
 @pytest.fixture(scope="session")
@@ -57,6 +58,12 @@ def in_process(w, monkeypatch):
         pass
     yield w
     torch.set_num_threads(threads)
+
+
+def _run_in_process(stage: str) -> None:
+    """The stage script's main() with its dvc.yaml arguments, in this process."""
+    argv = _tiny.stage_argv(stage)
+    runpy.run_path(argv[1])["main"](argv[2:])
 
 
 def _equal_tensors(a: dict, b: dict) -> list[str]:
@@ -125,7 +132,7 @@ def test_stage2_interrupt_and_resume_is_bit_exact(w, monkeypatch):
     E = common.build_encoder(p, {})
     common.save_module(w / "models" / "stage1" / "encoder", E, {"encoder": common.config_dict(E.cfg)})
     data, s1 = "data/prepared/train", "models/stage1"
-    ref = stages.train_stage2(p, data, s1, w / "ref", w / "ref-state", w / "ref.csv", torch.device("cpu"))
+    ref = stages.train_stage2(p, data, s1, w / "ref", w / "ref-state", w / "ref.csv", torch.device("cpu"), generator=GEN)
     assert ref["steps_run"] == 3
 
     real = stages.check_finite
@@ -137,11 +144,11 @@ def test_stage2_interrupt_and_resume_is_bit_exact(w, monkeypatch):
 
     monkeypatch.setattr(stages, "check_finite", dies_at_step_2)
     with pytest.raises(KeyboardInterrupt):
-        stages.train_stage2(p, data, s1, w / "out", w / "state", w / "curve.csv", torch.device("cpu"))
+        stages.train_stage2(p, data, s1, w / "out", w / "state", w / "curve.csv", torch.device("cpu"), generator=GEN)
     assert not (w / "out" / "afa.safetensors").exists()
     monkeypatch.setattr(stages, "check_finite", real)
     logs = []
-    r = stages.train_stage2(p, data, s1, w / "out", w / "state", w / "curve.csv", torch.device("cpu"),
+    r = stages.train_stage2(p, data, s1, w / "out", w / "state", w / "curve.csv", torch.device("cpu"), generator=GEN,
                             log=logs.append)
     assert r["steps_run"] == 1 and any("continuing from step 2" in m for m in logs), logs
     diff = _equal_tensors(load_tensors(w / "ref" / "afa.safetensors"), load_tensors(w / "out" / "afa.safetensors"))
@@ -168,10 +175,11 @@ def test_stage2_snapshot_equals_shorter_run(w, monkeypatch):
         snaps[n] = {k: v.detach().clone() for k, v in afa.state_dict().items()}
         torch.rand(7)  # a callback that draws from the global RNG must not shift the next steps
 
-    stages.train_stage2(p3, data, s1, w / "long", w / "long-state", w / "long.csv", torch.device("cpu"),
+    stages.train_stage2(p3, data, s1, w / "long", w / "long-state", w / "long.csv", torch.device("cpu"), generator=GEN,
                         on_step=on_step)
     assert sorted(snaps) == [1, 2, 3]
-    stages.train_stage2(p2, data, s1, w / "short", w / "short-state", w / "short.csv", torch.device("cpu"))
+    stages.train_stage2(p2, data, s1, w / "short", w / "short-state", w / "short.csv", torch.device("cpu"),
+                        generator=GEN)
     short = load_tensors(w / "short" / "afa.safetensors")
     assert _equal_tensors(short, snaps[2]) == []
     assert _equal_tensors(load_tensors(w / "long" / "afa.safetensors"), snaps[3]) == []
@@ -187,6 +195,8 @@ def test_resume_only_when_params_and_inputs_are_unchanged(w, monkeypatch):
 
     from goae.config import params_from_dict
     from goae.data.world import render_world
+    from goae.params_view import ParamsView
+    from goae.pipeline import declared_params
     from goae.train import common, stages
 
     monkeypatch.chdir(w)
@@ -195,15 +205,19 @@ def test_resume_only_when_params_and_inputs_are_unchanged(w, monkeypatch):
     def train(**over):
         logs = []
         over = {"loss": {"lambda5": 3.0}, **over} if changed else over
-        p = params_from_dict(tiny_params(stage1={"iters": 1, "batch_size": 1}, **over))
-        r = stages.train_stage1(p, "data/prepared/train", "models/davg/davg.safetensors", w / "out", S1,
-                                S1 / "curve.csv", torch.device("cpu"), log=logs.append)
+        # as the pipeline passes them: the stage's dvc.yaml keys only (goae.pipeline.stage)
+        p = ParamsView(params_from_dict(tiny_params(stage1={"iters": 1, "batch_size": 1}, **over)),
+                       declared_params("train_stage1", ROOT / "dvc.yaml"), "train_stage1")
+        r = stages.train_stage1(p, "data/prepared/train", "models/davg", w / "out", S1,
+                                S1 / "curve.csv", torch.device("cpu"), generator=GEN, log=logs.append)
         return r["steps_run"], " | ".join(logs)
 
     assert train()[0] == 1
     n, log = train()
     assert n == 0 and "continuing from step 1" in log                        # unchanged: resumed
     assert train(eval={"n_celeba": 2})[0] == 0                              # not a stage-1 param
+    assert train(loss={"lambda7": 0.001})[0] == 0                           # a stage-2 weight
+    assert train(train={"log_every": 3})[0] == 0                            # logging only
     n, log = train(loss={"lambda5": 3.0})
     assert n == 1 and "params changed" in log and "starting fresh" in log, log
     assert curve_steps(S1 / "curve.csv") == [0]                             # fresh curve, from step 0
@@ -213,7 +227,7 @@ def test_resume_only_when_params_and_inputs_are_unchanged(w, monkeypatch):
     n, log = train()
     assert n == 1 and "starting fresh" in log, f"a new D_avg resumed old weights: {log}"
     shutil.rmtree(w / "data" / "prepared")
-    G, _ = common.load_generator()
+    G, _ = common.load_generator("models/generator")
     render_world(G, params_from_dict(tiny_params(data={"seed": 1})).data, w / "data" / "prepared", "cpu", batch=4)
     n, log = train()
     assert n == 1 and "starting fresh" in log, f"a new training set resumed old weights: {log}"
@@ -228,7 +242,7 @@ def test_interrupted_stage_leaves_outs_absent_and_dvc_reports_it(world, tmp_path
     (repo / "stages").mkdir()
     shutil.copy(ROOT / "stages" / "train_stage1.py", repo / "stages")
     pipeline = {"stages": {"train_stage1": {
-        "cmd": "python stages/train_stage1.py",
+        "cmd": yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["train_stage1"]["cmd"],
         "deps": ["stages/train_stage1.py", "data/prepared", "models/generator", "models/davg"],
         "params": ["encoder", "loss", "stage1", "train", "runtime", "davg", "assets"],
         "outs": ["models/stage1"], "plots": [{"plots/stage1.csv": {"cache": False}}]}}}
@@ -285,7 +299,7 @@ def test_bad_params_fail_fast_naming_the_key(tmp_path):
         d.mkdir()
         write_params(d, tiny_params(**over))
         procs[name] = (time.time(), subprocess.Popen(
-            [sys.executable, str(ROOT / "stages" / "train_stage1.py")], cwd=d, env=_tiny.stage_env(d),
+            _tiny.stage_argv("train_stage1"), cwd=d, env=_tiny.stage_env(d),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     for name, (t0, proc) in procs.items():
         out, err = proc.communicate(timeout=120)
@@ -327,7 +341,7 @@ def test_non_finite_stops_with_step_and_terms_keeping_last_checkpoint(in_process
 
     monkeypatch.setattr(losses.ReconstructionLoss, "forward", nan_at_step_3)
     with pytest.raises(NonFiniteLoss) as ei:
-        runpy.run_path(str(ROOT / "stages" / "train_stage1.py"), run_name="__main__")
+        _run_in_process("train_stage1")
     e = ei.value
     assert e.step == 3 and "step 3" in str(e) and str(S1) in str(e) and "bg=" in str(e)
     if where == "loss":
@@ -376,7 +390,7 @@ def test_unreachable_tracking_store_fails_at_start(w):
         hole.listen(8)
         uris = {"refused": f"http://127.0.0.1:{_free_port()}", "silent": f"http://127.0.0.1:{hole.getsockname()[1]}"}
         procs = {k: (time.time(), subprocess.Popen(
-            [sys.executable, str(ROOT / "stages" / "train_stage1.py")], cwd=w,
+            _tiny.stage_argv("train_stage1"), cwd=w,
             env=_tiny.stage_env(w, MLFLOW_TRACKING_URI=u), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
             for k, u in uris.items()}
         for k, (t0, proc) in procs.items():
@@ -399,7 +413,7 @@ def test_tracking_hiccup_mid_run_is_retried_and_training_completes(in_process, m
 
     w = in_process
     write_params(w, tiny_params(stage1={"iters": 3}))
-    monkeypatch.setattr(tracking, "RETRY_DELAYS_S", (0.01, 0.01, 0.01))
+    monkeypatch.setattr(tracking.store, "RETRY_DELAYS_S", (0.01, 0.01, 0.01))
     real = MlflowClient.log_batch
     attempts: dict[int, int] = {}
 
@@ -416,7 +430,7 @@ def test_tracking_hiccup_mid_run_is_retried_and_training_completes(in_process, m
     monkeypatch.setattr(MlflowClient, "log_batch", flaky)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        runpy.run_path(str(ROOT / "stages" / "train_stage1.py"), run_name="__main__")
+        _run_in_process("train_stage1")
     assert attempts == {0: 1, 1: 3, 2: 4}
     assert any(issubclass(c.category, tracking.TrackingWarning) for c in caught)
     assert (w / "models" / "stage1" / "encoder.safetensors").is_file() and (w / "plots" / "stage1.csv").is_file()

@@ -137,7 +137,7 @@ def test_unreachable_or_broken_store_fails_fast(env, monkeypatch, tmp_path):
 
 def test_log_metrics_retries_then_only_warns(env, monkeypatch):
     _, client = env
-    monkeypatch.setattr(tracking, "RETRY_DELAYS_S", (0.01, 0.01, 0.01))
+    monkeypatch.setattr(tracking.store, "RETRY_DELAYS_S", (0.01, 0.01, 0.01))
     real, calls = MlflowClient.log_batch, []
 
     def flaky(fails, code):

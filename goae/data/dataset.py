@@ -9,30 +9,15 @@ Layout of one split folder:
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from goae.fileio import write_json_atomic  # noqa: F401  (re-exported)
+
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-
-
-def write_json_atomic(path: str | Path, obj) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_dataset_json(folder: str | Path, labels: list[tuple[str, list[float]]]) -> None:

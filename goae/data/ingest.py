@@ -10,7 +10,9 @@ from tqdm import tqdm
 from goae.config import Params
 from goae.data.dataset import IMAGE_EXTS, write_json_atomic
 from goae.data.world import build_embedded_generator, render_world
-from goae.train import common
+from goae.assets import sha256_file
+from goae.model.io import asset, load_generator, save_module
+from goae.params_view import whole_section
 
 
 def write_generator(p: Params, folder: Path, device):
@@ -18,10 +20,10 @@ def write_generator(p: Params, folder: Path, device):
     (no 120 MB copy; its sha256 pins it, so a different file re-runs every downstream stage)."""
     folder = Path(folder)
     prov: dict = {}
-    path = common.asset(p, "generator", prov)
+    path = asset(p, "generator", prov)
     if path is None:
-        G, cfg = build_embedded_generator(p.generator, device)
-        common.save_module(folder / "generator", G, cfg)
+        G, cfg = build_embedded_generator(whole_section(p, "generator"), device)
+        save_module(folder / "generator", G, cfg)
         meta = {"provenance": cfg["provenance"]}
     else:
         prefix = Path(path)
@@ -30,11 +32,11 @@ def write_generator(p: Params, folder: Path, device):
             raise FileNotFoundError(
                 f"assets.generator: expected a converted checkpoint prefix (X.safetensors + X.json); "
                 f"convert NVIDIA's pickle first: goae convert-eg3d ffhqrebalanced512-128.pkl {prefix}")
-        sha = common.sha256_file(prefix.with_suffix(".safetensors"))
+        sha = sha256_file(prefix.with_suffix(".safetensors"))
         meta = {"pointer": str(prefix.resolve()), "sha256": sha,
                 "provenance": {"kind": "file", "file": prefix.name, "sha256": sha}}
     write_json_atomic(folder / "source.json", meta)
-    G, _ = common.load_generator(folder, device)
+    G, _ = load_generator(folder, device)
     return G, meta["provenance"]
 
 
@@ -58,10 +60,11 @@ def index_folder(root: str | Path) -> list[dict]:
 
 def ingest(p: Params, G, out: Path, device) -> dict:
     out = Path(out)
-    if p.data.source == "embedded":
-        return render_world(G, p.data, out, device)
+    data = whole_section(p, "data")  # the world's settings and the user folders: ingest depends on all
+    if data.source == "embedded":
+        return render_world(G, data, out, device)
     manifest = {}
-    for split, root in (("train", p.data.ffhq), ("celeba", p.data.celeba), ("mead", p.data.mead), ("wild", p.data.wild)):
+    for split, root in (("train", data.ffhq), ("celeba", data.celeba), ("mead", data.mead), ("wild", data.wild)):
         if root:
             manifest[split] = {"root": str(Path(root).resolve()), "files": index_folder(root)}
     write_json_atomic(out / "manifest.json", manifest)

@@ -371,11 +371,10 @@ def build_methods(p, G, stage1_dir, stage2_dir, nets: MetricNets, device, weight
     """eval.methods (+ eval.extra_encoders as w+-only rows), each an Inverter; fills `weights`."""
     from goae.metrics.baselines import OptimConfig, OptimInverter
     from goae.model.goae import GOAE
-    from goae.model.mix import MixConfig
     from goae.model.io import load_afa, load_encoder
+    from goae.params_view import whole_section
     g = weights["generator"]
-    mix = MixConfig(planes=p.mix.planes, blur=p.mix.blur, sigma=p.mix.sigma, threshold=p.mix.threshold,
-                    kernel=p.mix.kernel)
+    mix = whole_section(p, "mix")
     built = {}
     if any(k.startswith("goae") for k in p.eval.methods):
         E = load_encoder(stage1_dir, device)

@@ -17,9 +17,6 @@ from goae.eg3d.generator import TriPlaneGenerator
 from goae.model.afa import AFA, AFAConfig
 from goae.model.encoder import Encoder, EncoderConfig
 
-GENERATOR_DIR = Path("models/generator")
-
-
 def resolve(p: Params, name: str, provenance: dict) -> ResolvedAsset:
     """Asset `name`: the configured path (sha256 checked), else the first fallback the asset offers
     that `assets.allow_fallbacks` permits (goae.assets). Records what was used in `provenance[name]`."""
@@ -44,8 +41,8 @@ def load_tensors(prefix: str | Path) -> tuple[dict, dict]:
     return load_checkpoint(prefix)
 
 
-def load_generator(folder: str | Path = GENERATOR_DIR, device="cpu") -> tuple[TriPlaneGenerator, dict]:
-    """The pipeline's generator: `models/generator/generator.{safetensors,json}` (+ `source.json`) written by `ingest`
+def load_generator(folder: str | Path, device="cpu") -> tuple[TriPlaneGenerator, dict]:
+    """The pipeline's generator: `<folder>/generator.{safetensors,json}` (+ `source.json`) written by `ingest`
     (the embedded tiny EG3D, or a pointer to a converted official checkpoint)."""
     folder = Path(folder)
     meta = json.loads((folder / "source.json").read_text())

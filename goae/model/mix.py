@@ -17,23 +17,12 @@ redrawn on every blur call, no depth test; planes 1 and 2 are the F* planes unch
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 
+from goae.config import MixConfig  # the params `mix` section is the mix's one config (paper defaults)
+
 PLANE_AXES = ((0, 1), (0, 2), (2, 0))  # (column axis, row axis) of planes XY, XZ, ZX
-
-
-@dataclass(frozen=True)
-class MixConfig:
-    planes: Literal["all", "xy"] = "all"        # paper: all three; release: plane 0 (XY) only
-    blur: Literal["fixed", "random"] = "fixed"  # release: σ ~ U[sigma_range] per blur call
-    sigma: float = 1.5
-    sigma_range: tuple[float, float] = (1.0, 2.0)
-    threshold: float = 0.35                     # release binarises the first blur at > 0.35
-    kernel: int = 9                             # release GaussianBlur(9, ...)
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float | torch.Tensor, kernel: int) -> torch.Tensor:

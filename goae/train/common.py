@@ -14,20 +14,21 @@ from goae.config import Params
 from goae.eg3d.generator import TriPlaneGenerator
 from goae.model.afa import AFA, AFAConfig
 from goae.model.encoder import Encoder, EncoderConfig
-from goae.model.io import (GENERATOR_DIR, asset, load_afa, load_encoder, load_generator,  # noqa: F401
-                           load_tensors, resolve, save_module)
+from goae.model.io import (asset, load_afa, load_encoder, load_generator, load_tensors,  # noqa: F401
+                           resolve, save_module)
 
 
 def apply_runtime(p: Params, device, G: TriPlaneGenerator | None = None, *modules: torch.nn.Module) -> None:
     """GPU fast paths from `runtime.*` (no-ops on CPU, where fp32 keeps runs exact and comparable):
     fp16 super-resolution as the official code (off → fp32 SR everywhere); torch.compile of the given
     modules (encoder/AFA) and of the OSG decoder, in place so state_dict keys stay unchanged."""
-    if G is not None and not p.runtime.fp16_sr:
+    fp16_sr, compile_ = p.runtime.fp16_sr, p.runtime.compile  # read on every device (declared keys)
+    if G is not None and not fp16_sr:
         for name in ("block0", "block1"):
             blk = getattr(G.superresolution, name, None)
             if blk is not None:
                 blk.use_fp16 = False
-    if p.runtime.compile and torch.device(device).type == "cuda":
+    if compile_ and torch.device(device).type == "cuda":
         for m in modules + ((G.decoder,) if G is not None else ()):
             m.compile()
 
@@ -38,10 +39,11 @@ def feature_channels(G: TriPlaneGenerator) -> int:
 
 
 def encoder_config(p: Params) -> EncoderConfig:
-    base = EncoderConfig.paper if p.encoder.size == "paper" else EncoderConfig.tiny
-    kw = {"schedule": tuple(p.encoder.schedule)}
-    if p.encoder.size == "paper":
-        kw["drop_path_rate"] = p.encoder.drop_path_rate
+    size, schedule, drop_path = p.encoder.size, tuple(p.encoder.schedule), p.encoder.drop_path_rate
+    base = EncoderConfig.paper if size == "paper" else EncoderConfig.tiny
+    kw = {"schedule": schedule}
+    if size == "paper":  # the tiny trunk is trained without stochastic depth
+        kw["drop_path_rate"] = drop_path
     return base(**kw)
 
 
@@ -68,9 +70,11 @@ def build_afa(p: Params, G: TriPlaneGenerator) -> AFA:
 
 def build_mask(p: Params, provenance: dict, device):
     from goae.masks import build_mask_provider
-    if p.davg.mask == "depth":
-        m = build_mask_provider("depth", opacity_min=p.davg.opacity_min)
-    elif p.davg.mask == "bisenet" and (r := resolve(p, "bisenet", provenance)).kind in ("file", "random"):
+    # Every key that picks or configures M in some config is read here, whichever mask this one uses.
+    kind, opacity_min, _, _ = p.davg.mask, p.davg.opacity_min, p.assets.bisenet, p.assets.allow_fallbacks
+    if kind == "depth":
+        m = build_mask_provider("depth", opacity_min=opacity_min)
+    elif kind == "bisenet" and (r := resolve(p, "bisenet", provenance)).kind in ("file", "random"):
         m = build_mask_provider("bisenet", path=str(r.path) if r.path else None).to(device)
     else:  # 'selfie', or BiSeNet's packaged substitute: mediapipe's person segmentation
         m = build_mask_provider("selfie")
@@ -95,7 +99,7 @@ def background_mask(mask, out: dict) -> torch.Tensor:
 
 
 def build_rec_loss(p: Params, provenance: dict, device):
-    from goae.losses import LossWeights, ReconstructionLoss
+    from goae.losses import ReconstructionLoss
     alex = asset(p, "lpips_alexnet", provenance)
     arc = asset(p, "arcface", provenance)
     id_net = None
@@ -103,7 +107,7 @@ def build_rec_loss(p: Params, provenance: dict, device):
         from goae.nets.arcface import random_arcface
         id_net = random_arcface(0, num_layers=4 if p.assets.random_arcface == "tiny" else 50)
         provenance["arcface"] = id_net.provenance
-    rec = ReconstructionLoss(LossWeights.from_config(p.loss), alexnet_path=alex, arcface_path=arc, id_net=id_net)
+    rec = ReconstructionLoss(p.loss, alexnet_path=alex, arcface_path=arc, id_net=id_net)
     provenance.update({f"loss.{k}": v for k, v in rec.provenance.items()})
     return rec.to(device)
 

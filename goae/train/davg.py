@@ -8,12 +8,29 @@ rate. Sums are float64 and all-reduced across ranks, so a torchrun run equals a 
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
+from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from goae.eg3d import camera as cam
+from goae.runtime import Dist
 from goae.train.common import background_mask, mask_needs_image
-from goae.train.loop import Dist, all_reduce_sum, step_seed
+from goae.train.loop import all_reduce_sum, step_seed
+
+DAVG_FILE = "davg.safetensors"  # inside the `davg` stage's out folder
+
+
+def save_davg(folder: str | Path, r: dict) -> None:
+    save_file({"d_avg": torch.tensor(r["d_avg"]), "d_avg_map": r["d_avg_map"].contiguous()},
+              str(Path(folder) / DAVG_FILE))
+
+
+def load_davg(folder: str | Path, mode: str, device) -> float | torch.Tensor:
+    """Eq. 4's target: the scalar mean (`loss.d_avg: scalar`, paper) or the per-pixel map (`map`)."""
+    t = load_file(str(Path(folder) / DAVG_FILE))
+    return float(t["d_avg"]) if mode == "scalar" else t["d_avg_map"].to(device)
 
 
 @torch.no_grad()

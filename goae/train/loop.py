@@ -19,7 +19,6 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -27,55 +26,9 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
-
-# ----------------------------------------------------------------------------------------- device
-
-def pick_device(runtime) -> torch.device:
-    """Chosen once per process ('auto' = cuda when available) and passed down."""
-    if runtime.threads:
-        torch.set_num_threads(runtime.threads)
-    if runtime.device == "cuda" or (runtime.device == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise RuntimeError("runtime.device is 'cuda' but no CUDA device is available")
-        dev = torch.device("cuda")
-        if dist.is_available() and dist.is_initialized():  # torchrun: one GPU per local rank
-            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-            torch.cuda.set_device(dev)  # NCCL collectives (barrier) run on the current device
-        if runtime.tf32:
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
-        return dev
-    return torch.device("cpu")
-
-
-def autocast(device: torch.device, runtime):
-    """bf16 autocast on CUDA when enabled; a no-op context on CPU (fp32 keeps CPU runs exact)."""
-    enabled = device.type == "cuda" and bool(runtime.bf16)
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
-
-
-# ------------------------------------------------------------------------------------------- DDP
-
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed() -> Dist:
-    """Join the process group torchrun set up (env:// rendezvous); single process otherwise."""
-    if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) <= 1:
-        return Dist()
-    if not dist.is_initialized():
-        # gloo for CPU tensors, NCCL for CUDA ones: right whichever device runtime.device picks
-        backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend=backend)
-    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+from goae.config import params_hash  # noqa: F401  (re-exported)
+from goae.fileio import write_atomic
+from goae.runtime import Dist, autocast, init_distributed, pick_device  # noqa: F401  (re-exported)
 
 
 def all_reduce_sum(t: torch.Tensor, d: Dist) -> torch.Tensor:
@@ -173,8 +126,6 @@ def local_indices(global_idx: torch.Tensor, d: Dist) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------- checkpoint/resume
 
-def params_hash(obj) -> str:
-    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def _flatten_state(prefix: str, obj, tensors: dict, meta):
@@ -331,7 +282,4 @@ class CurveWriter:
         self.rows.append([step] + [f"{values.get(c, float('nan')):.6g}" for c in self.columns[1:]])
 
     def flush(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(",".join(self.columns) + "\n" + "".join(",".join(map(str, r)) + "\n" for r in self.rows))
-        os.replace(tmp, self.path)
+        write_atomic(self.path, ",".join(self.columns) + "\n" + "".join(",".join(map(str, r)) + "\n" for r in self.rows))

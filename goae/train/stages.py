@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from goae import losses as L
-from goae.config import Params, to_dict
+from goae.config import Params, params_hash
 from goae.data.dataset import LabeledImages
 from goae.eg3d import camera as cam
 from goae.model.discriminator import LatentCodesDiscriminator
@@ -23,9 +23,11 @@ from goae.model.encoder import stage_for_iteration
 from goae.model.goae import GOAE
 from goae.train import common
 from goae.model.io import load_afa, load_encoder  # noqa: F401  (re-exported)
+from goae.params_view import stage_values
+from goae.train.davg import DAVG_FILE, load_davg
 from goae.train.loop import (CurveWriter, Dist, NonFiniteLoss, TrainState, autocast, average_gradients,
                              broadcast_module, check_finite, check_finite_grads, global_batch_indices, local_indices,
-                             mean_over_ranks, params_hash, rank_rows, render_uniforms, step_seed)
+                             mean_over_ranks, rank_rows, render_uniforms, step_seed)
 
 
 @dataclass
@@ -108,12 +110,6 @@ def _trainer(p: Params, name: str, scfg, ds, device, d, state_dir, curve_path, c
                    resume=p.train.resume, log=log, metrics=metrics)
 
 
-def _load_davg(path: Path, mode: str, device) -> float | torch.Tensor:
-    from safetensors.torch import load_file
-    t = load_file(str(path))
-    return float(t["d_avg"]) if mode == "scalar" else t["d_avg_map"].to(device)
-
-
 STAGE1_COLUMNS = ["total", "rec", "l2", "lpips", "id", "adv_e", "bg", "w_delta", "d_adv", "r1", "d_real", "d_fake"]
 STAGE2_COLUMNS = ["total", "rec", "l2", "lpips", "id", "delta_f"]
 
@@ -137,19 +133,25 @@ def inputs_fingerprint(files=(), folders=()) -> str:
     return h.hexdigest()[:12]
 
 
-def _generator_files(folder: Path = common.GENERATOR_DIR) -> list[Path]:
+def _generator_files(folder) -> list[Path]:
+    folder = Path(folder)
     return [folder / "source.json", folder / "generator.safetensors"]  # source.json pins a converted G's sha256
 
 
-def stage1_hash(p: Params, inputs: str = "") -> str:
-    return params_hash({k: to_dict(getattr(p, k)) for k in ("encoder", "loss", "stage1", "runtime", "davg")}
-                       | {"assets": to_dict(p.assets), "world": p.train.gpus * p.train.nnodes, "inputs": inputs})
+# Declared keys that do not change the trained weights: a checkpoint stays valid across them.
+NOT_IN_FINGERPRINT = ("train.log_every", "train.checkpoint_every", "train.resume")
 
 
-def train_stage1(p: Params, data_dir, davg_path, out_dir, state_dir, curve_path, device, d: Dist = Dist(),
-                 log=print, metrics=lambda m, s: None) -> dict:
+def stage_hash(p: Params, **extra) -> str:
+    """Resume fingerprint: the params the stage reads (its dvc.yaml keys; all params for a plain Params)
+    plus `extra` (input fingerprints). A stage-2 knob therefore never invalidates a stage-1 checkpoint."""
+    return params_hash({"params": stage_values(p, exclude=NOT_IN_FINGERPRINT), **extra})
+
+
+def train_stage1(p: Params, data_dir, davg_dir, out_dir, state_dir, curve_path, device, d: Dist = Dist(), *,
+                 generator, log=print, metrics=lambda m, s: None) -> dict:
     prov: dict = {}
-    G, gcfg = common.load_generator(device=device)
+    G, gcfg = common.load_generator(generator, device=device)
     prov["generator"] = gcfg.get("provenance")
     torch.manual_seed(step_seed(p.stage1.seed, -1))  # default inits draw from the global RNG: same on every rank
     E = common.build_encoder(p, prov).to(device)
@@ -160,13 +162,14 @@ def train_stage1(p: Params, data_dir, davg_path, out_dir, state_dir, curve_path,
     common.apply_runtime(p, device, G, E)
     rec = common.build_rec_loss(p, prov, device)
     mask = common.build_mask(p, prov, device)
-    d_avg = _load_davg(Path(davg_path), p.loss.d_avg, device)
-    W = L.LossWeights.from_config(p.loss)
+    d_avg = load_davg(davg_dir, p.loss.d_avg, device)
+    W = p.loss
     opt_e = torch.optim.Adam(E.parameters(), lr=p.stage1.lr)
     opt_d = torch.optim.Adam(D.parameters(), lr=p.stage1.d_lr)
     ds = LabeledImages(data_dir, resolution=G.img_resolution)
     tr = _trainer(p, "stage1", p.stage1, ds, device, d, state_dir, curve_path, STAGE1_COLUMNS,
-                  stage1_hash(p, inputs_fingerprint([*_generator_files(), davg_path], [data_dir])), log, metrics)
+                  stage_hash(p, inputs=inputs_fingerprint([*_generator_files(generator), Path(davg_dir) / DAVG_FILE],
+                                                          [data_dir])), log, metrics)
     tr.state_objects = {"encoder": E, "discriminator": D, "opt_e": opt_e, "opt_d": opt_d}
     E.train()
     counts = E.cfg.query_counts
@@ -222,20 +225,13 @@ def train_stage1(p: Params, data_dir, davg_path, out_dir, state_dir, curve_path,
     return {**summary, "provenance": prov}
 
 
-def stage2_hash(p: Params, stage1_dir, inputs: str = "") -> str:
-    enc = Path(stage1_dir) / "encoder.safetensors"
-    return params_hash({k: to_dict(getattr(p, k)) for k in ("afa", "loss", "stage2", "runtime")}
-                       | {"assets": to_dict(p.assets), "encoder_sha": common.sha256_file(enc) if enc.exists() else None,
-                          "inputs": inputs})
-
-
-def train_stage2(p: Params, data_dir, stage1_dir, out_dir, state_dir, curve_path, device, d: Dist = Dist(),
-                 log=print, metrics=lambda m, s: None,
+def train_stage2(p: Params, data_dir, stage1_dir, out_dir, state_dir, curve_path, device, d: Dist = Dist(), *,
+                 generator, log=print, metrics=lambda m, s: None,
                  on_step: Callable[[int, torch.nn.Module], None] | None = None) -> dict:
     """`on_step(n, afa)` after every step (benchmarks evaluate snapshots this way: with a constant learning
     rate and per-step seeding, the AFA after n steps of a longer run is the AFA of an n-step run)."""
     prov: dict = {}
-    G, gcfg = common.load_generator(device=device)
+    G, gcfg = common.load_generator(generator, device=device)
     prov["generator"] = gcfg.get("provenance")
     E = load_encoder(stage1_dir, device)          # frozen (§4.5)
     torch.manual_seed(step_seed(p.stage2.seed, -1))  # default inits draw from the global RNG: same on every rank
@@ -246,11 +242,13 @@ def train_stage2(p: Params, data_dir, stage1_dir, out_dir, state_dir, curve_path
     model = GOAE(G, E, A).to(device)
     common.apply_runtime(p, device, G, A)
     rec = common.build_rec_loss(p, prov, device)
-    W = L.LossWeights.from_config(p.loss)
+    W = p.loss
     opt = torch.optim.Adam(A.parameters(), lr=p.stage2.lr)
     ds = LabeledImages(data_dir, resolution=G.img_resolution)
     tr = _trainer(p, "stage2", p.stage2, ds, device, d, state_dir, curve_path, STAGE2_COLUMNS,
-                  stage2_hash(p, stage1_dir, inputs_fingerprint(_generator_files(), [data_dir])), log, metrics)
+                  stage_hash(p, inputs=inputs_fingerprint([*_generator_files(generator),
+                                                           Path(stage1_dir) / "encoder.safetensors"], [data_dir])),
+                  log, metrics)
     tr.state_objects = {"afa": A, "opt": opt}
     A.train()
 
