@@ -55,6 +55,15 @@ def test_every_stage_declares_params_per_key():
         ParamsView(p, keys)  # every key exists in the config
 
 
+@pytest.mark.parametrize("params_file", ["params.yaml", "configs/paper-ffhq512.yaml"])
+def test_every_declared_key_is_written_in_the_params_files(params_file):
+    """DVC refuses to run a stage whose declared key is missing from params.yaml (even a null one)."""
+    from goae.config import flatten
+    flat = flatten(yaml.safe_load((ROOT / params_file).read_text()))
+    missing = sorted({k for st in SPEC["stages"].values() for k in st["params"]} - set(flat))
+    assert not missing, f"{params_file} lacks {missing}"
+
+
 def _audit(tmp_path, reads: dict) -> Path:
     for name, keys in reads.items():
         (tmp_path / f"{name}.json").write_text(json.dumps({"declared": [], "read": sorted(keys)}))
@@ -110,3 +119,30 @@ def test_stage_scripts_take_paths_from_the_command_line_only():
         for d in st.get("deps") or []:
             if not dvc_graph.is_code_dep(d):
                 assert f'"{d}' not in text, f"{name}: path {d} written in the script"
+
+
+@pytest.mark.parametrize("stage,dropped", [("train_stage1", "loss.lambda5"), ("train_stage2", "loss.lambda7")])
+def test_a_stage_reading_an_undeclared_key_fails(tmp_path, monkeypatch, stage, dropped):
+    """The real training code, restricted to its dvc.yaml keys minus one it reads, stops at that read
+    (what happens in `dvc repro` when code starts reading a key dvc.yaml does not list)."""
+    import torch
+
+    import _tiny
+    from goae.train import stages
+
+    _tiny.build_world(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    p = params_from_dict(_tiny.tiny_params(stage1={"iters": 1, "batch_size": 1},
+                                           stage2={"iters": 1, "batch_size": 1}))
+    keys = [k for k in SPEC["stages"][stage]["params"] if k != dropped]
+    cpu, args = torch.device("cpu"), dict(generator="models/generator", log=lambda *a: None)
+    if stage == "train_stage2":  # needs stage-1 weights
+        stages.train_stage1(ParamsView(p, SPEC["stages"]["train_stage1"]["params"]), "data/prepared/train",
+                            "models/davg", tmp_path / "s1", tmp_path / "st1", tmp_path / "c1.csv", cpu, **args)
+        with pytest.raises(UndeclaredParam, match=dropped):
+            stages.train_stage2(ParamsView(p, keys, stage), "data/prepared/train", tmp_path / "s1",
+                                tmp_path / "s2", tmp_path / "st2", tmp_path / "c2.csv", cpu, **args)
+    else:
+        with pytest.raises(UndeclaredParam, match=dropped):
+            stages.train_stage1(ParamsView(p, keys, stage), "data/prepared/train", "models/davg",
+                                tmp_path / "s1", tmp_path / "st1", tmp_path / "c1.csv", cpu, **args)
