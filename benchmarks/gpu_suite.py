@@ -18,7 +18,8 @@ rendered from the JSON by benchmarks/perf_table.py.
 
 Sections
   parity     exact inversion on the device vs the same inversion on the CPU (same weights, same renderer
-             draws): max abs error per output against the golden-fixture tolerances (fp32, TF32 off);
+             draws): max abs error per output against the golden-fixture tolerances (fp32, TF32 off); the
+             official EG3D golden fixtures replayed on the device (goae.eg3d.golden, when found);
              then each autocast dtype (bf16, fp16) vs the exact device path against STATED_LOWP_TOL.
   inversion  GOAE.invert latency at batch 1 (full GOAE and w+ only; median of 50 after warm-up,
              synchronised) exact and fast (autocast + channels_last + batched modconv + CUDA graphs),
@@ -144,8 +145,34 @@ def section_parity(kind: str, device: torch.device, dry: bool) -> dict:
         errs["mask_cells_flipped"] = float((r.masks - dev_exact.masks).abs().gt(0.5).float().mean())
         out["lowp_vs_exact"][dt] = {k: {"err": round(v, 6), "tol": tols[k], "ok": v <= tols[k]} for k, v in errs.items()}
     out["lowp_ok"] = all(v["ok"] for d in out["lowp_vs_exact"].values() for v in d.values())
-    out["ok"] = out["fp32_ok"] and out["lowp_ok"]
+    out["eg3d_golden"] = golden_on_device(device)
+    out["ok"] = out["fp32_ok"] and out["lowp_ok"] and out["eg3d_golden"].get("ok", True)
     return out
+
+
+def fixtures_dir() -> Path | None:
+    """The golden fixtures: $GOAE_FIXTURES, ./shared/fixtures (what the device tool carries) or ../shared/fixtures."""
+    for d in (os.environ.get("GOAE_FIXTURES"), common.ROOT / "shared" / "fixtures", common.ROOT.parent / "shared" / "fixtures"):
+        if d and Path(d).is_dir():
+            return Path(d)
+    return None
+
+
+def golden_on_device(device: torch.device) -> dict:
+    """The official EG3D golden fixtures replayed on `device` (fp32) against their tolerances."""
+    from goae.eg3d.golden import run_golden
+    root = fixtures_dir()
+    if root is None:
+        return {"skipped": "golden fixtures not found (set GOAE_FIXTURES or copy ../shared/fixtures to ./shared/fixtures)"}
+    res = {}
+    for name in ("eg3d", "eg3d_8xdc"):
+        if (root / name).is_dir():
+            rows = run_golden(root / name, device=device)
+            bad = [r.name for r in rows if r.status.startswith("FAIL")]
+            res[name] = {"rows": len(rows), "ok_rows": sum(r.status == "ok" for r in rows), "fail": bad[:20],
+                         "worst_ratio": max((r.err / r.tol for r in rows if r.status == "ok" and r.tol > 0), default=0.0)}
+    res["ok"] = all(not v["fail"] for v in res.values() if isinstance(v, dict))
+    return res
 
 
 def section_inversion(kind: str, device: torch.device, dry: bool) -> dict:
@@ -254,7 +281,8 @@ def summary_lines(result: dict) -> list[str]:
         if "error" in r:
             lines.append(f"  {name:9s} ERROR {r['error'][:160]}")
         elif name == "parity":
-            lines.append(f"  parity    fp32 ok={r.get('fp32_ok')}  low precision ok={r.get('lowp_ok')}")
+            lines.append(f"  parity    fp32 ok={r.get('fp32_ok')}  low precision ok={r.get('lowp_ok')}  "
+                         f"eg3d golden on device ok={r.get('eg3d_golden', {}).get('ok')}")
         elif name == "inversion":
             lines.append(f"  inversion {r['summary']}  peak {r.get('peak_gpu_mem_gib')} GiB")
         elif name == "compile":
