@@ -260,6 +260,7 @@ def run_section(name: str, dry: bool, out: Path) -> None:
     res = RUNNERS[name](kind, device, dry)
     res["wall_s"] = round(time.perf_counter() - t0, 2)
     res["peak_gpu_mem_gib"] = _peak(device)
+    res["tf32"] = device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32  # "exact" = fp32 with TF32 here
     out.write_text(json.dumps(res, indent=1, default=str))
 
 

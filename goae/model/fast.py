@@ -70,7 +70,10 @@ class FastPaths:
     def autocast_context(self, device: torch.device):
         if self.autocast == "off":
             return contextlib.nullcontext()
-        return torch.autocast(device_type=torch.device(device).type, dtype=AUTOCAST_DTYPES[self.autocast])
+        # no weight-cast cache: a cache filled during a CUDA-graph capture would hand later replays
+        # tensors from the capture's private pool (PyTorch's advice for autocast + graphs)
+        return torch.autocast(device_type=torch.device(device).type, dtype=AUTOCAST_DTYPES[self.autocast],
+                              cache_enabled=False)
 
 
 def set_channels_last(model: GOAE, enabled: bool) -> None:
