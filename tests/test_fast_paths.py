@@ -89,15 +89,10 @@ def test_autocast_within_stated_tolerance(setup, dtype):
     assert all(getattr(r, k).dtype == torch.float32 for k in ("w_plus", "image", "depth", "masks"))
 
 
-def test_mix_has_no_host_round_trips():
-    """The visibility mask + mix with fake CUDA tensors: any .item()/nonzero or host->device copy
-    would raise or show up as a CPU-sourced copy (what would stall a GPU or break a graph capture)."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
+def _host_watch(bad: list):
+    """Dispatch mode recording what would stall a GPU or break a graph capture: .item()/nonzero and
+    copies whose source lives on the CPU."""
     from torch.utils._python_dispatch import TorchDispatchMode
-
-    from goae.model.mix import MixConfig, occlusion_aware_mix
-
-    bad = []
 
     class Watch(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -111,13 +106,48 @@ def test_mix_has_no_host_round_trips():
                     bad.append(f"{name} from cpu")
             return func(*args, **kwargs)
 
+    return Watch()
+
+
+def test_mix_has_no_host_round_trips():
+    """The visibility mask + mix with fake CUDA tensors: nothing recorded by _host_watch."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from goae.model.mix import MixConfig, occlusion_aware_mix
+
+    bad = []
     with FakeTensorMode(allow_non_fake_inputs=False):
         dev = torch.device("cuda")
         B, M, H = 2, 64, 32
         pf, pw = torch.empty(B, 3, 4, H, H, device=dev), torch.empty(B, 3, 4, H, H, device=dev)
         depth = torch.empty(B, M, 1, device=dev)
         o, d = torch.empty(B, M, 3, device=dev), torch.empty(B, M, 3, device=dev)
-        with Watch():
+        with _host_watch(bad):
             mix, masks = occlusion_aware_mix(pf, pw, depth, o, d, 1.0, MixConfig(), render_res=8)
     assert mix.shape == pf.shape and masks.shape == (B, 3, 1, H, H)
+    assert not bad, bad
+
+
+def test_fast_renderer_has_no_host_round_trips_after_warm_up():
+    """The fast renderer on fake CUDA tensors: after one warm-up call (which caches the plane-axis
+    table on the device) a render neither syncs nor copies host data."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from goae.data.world import ffhq_rendering_kwargs
+    from goae.eg3d.renderer import ImportanceRenderer, OSGDecoder
+
+    bad = []
+    rk = ffhq_rendering_kwargs(6, 6, 128)
+    R = ImportanceRenderer()  # real CPU plane axes, as in a model moved to the GPU
+    R.axis_pairs("cpu")       # host-side table of the plane axes (computed once per renderer)
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        dev = torch.device("cuda")
+        with dev:
+            dec = OSGDecoder(32)
+        planes = torch.empty(1, 3, 32, 16, 16, device=dev)
+        o, d = torch.empty(1, 64, 3, device=dev), torch.empty(1, 64, 3, device=dev)
+        R(planes, dec, o, d, rk)  # warm-up
+        with _host_watch(bad):
+            rgb, depth, wsum = R(planes, dec, o, d, rk)
+    assert rgb.shape == (1, 64, 32) and depth.shape == (1, 64, 1)
     assert not bad, bad
