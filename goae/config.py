@@ -175,8 +175,13 @@ class RuntimeConfig:
     threads: int = field(default=0, metadata=_rng(0))  # 0 = torch default
     bf16: bool = True          # autocast on CUDA only
     tf32: bool = True
-    compile: bool = False
+    compile: bool = False      # torch.compile: encoder/AFA in training, the fixed-shape inversion (goae.model.fast)
     fp16_sr: bool = True       # official: SR in fp16 on GPU
+    # inversion fast paths (goae.model.fast); CUDA only unless a caller asks for them on CPU (tests)
+    inv_autocast: Literal["off", "bf16", "fp16"] = "bf16"  # encoder, EG3D convs, SR, AFA; marcher + mix stay fp32
+    channels_last: bool = True       # NHWC convs in the EG3D/SR blocks and the AFA CNN
+    batched_modconv: bool = True     # batch > 1: shared-weight conv on modulated activations (non-fused form)
+    cuda_graphs: bool = True         # capture the fixed-shape inversion once, replay it per batch
 
 
 @dataclass

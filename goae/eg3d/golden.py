@@ -102,7 +102,7 @@ def _cmp(rows: list, name: str, ours: torch.Tensor, ref: torch.Tensor, scale: fl
     if tuple(ours.shape) != tuple(ref.shape):
         rows.append(Row(name, tuple(ref.shape), math.inf, tol, f"FAIL (shape {list(ours.shape)})"))
         return
-    err = ((ours.detach().double() - ref.double()) / scale).abs().max().item() if ref.numel() else 0.0
+    err = ((ours.detach().cpu().double() - ref.cpu().double()) / scale).abs().max().item() if ref.numel() else 0.0
     rows.append(Row(name, tuple(ref.shape), err, tol, "ok" if err <= tol else "FAIL"))
 
 
@@ -112,7 +112,8 @@ def _draws(io: dict, run: str, B: int, M: int, D: int, Ni: int):
     if s is not None and i is not None:
         return s, i
     g = torch.Generator().manual_seed(int(io[f"{run}.rng_seed"].item()))
-    return torch.rand(B, M, D, 1, generator=g), torch.rand(B * M, Ni, generator=g)
+    dev = io["input.z"].device  # drawn on the CPU (the official order), then moved
+    return torch.rand(B, M, D, 1, generator=g).to(dev), torch.rand(B * M, Ni, generator=g).to(dev)
 
 
 def _views(io: dict, run: str, out: dict, rec: dict, u: tuple, res: int) -> dict:
@@ -181,7 +182,7 @@ def _check_probes(G, io: dict, planes: torch.Tensor, rows: list) -> None:
     if "probe.points" not in io:
         return
     pts, dirs, bw = io["probe.points"], io["probe.directions"], G.rendering_kwargs["box_warp"]
-    axes = R.generate_planes()
+    axes = R.generate_planes().to(pts.device)
     B, N = pts.shape[:2]
     with torch.no_grad():
         proj = R.project_onto_planes(axes, pts * (2 / bw)).reshape(B, 3, N, 2)
@@ -209,13 +210,14 @@ def check_manifest(manifest_path: Path) -> Row:
     return Row("manifest.ffhq512.state_dict", (len(ref),), float(len(bad)), 0.0, status)
 
 
-def run_golden(fixture_dir) -> list[Row]:
+def run_golden(fixture_dir, device="cpu") -> list[Row]:
+    """`device`: where the generator runs (the GPU suite's parity check); comparisons are made on the CPU."""
     d = Path(fixture_dir)
     cfg = json.loads((d / "eg3d_tiny_config.json").read_text())
     G = TriPlaneGenerator.from_config(cfg, init_seed=None)
     G.load_state_dict(load_file(str(d / "eg3d_tiny_state.safetensors")), strict=True)
-    G.eval().requires_grad_(False)
-    io = load_file(str(d / "eg3d_tiny_io.safetensors"))
+    G.eval().requires_grad_(False).to(device)
+    io = {k: v.to(device) for k, v in load_file(str(d / "eg3d_tiny_io.safetensors")).items()}
     rows: list[Row] = []
     z, c = io["input.z"], io["input.c"]
     mp, rk = G.backbone.mapping, G.rendering_kwargs

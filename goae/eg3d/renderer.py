@@ -273,7 +273,7 @@ def _sample_mean_fast(table: torch.Tensor, hw: tuple[int, int], axes: torch.Tens
     """Mean over planes of bilinear plane features: table from `_plane_table`, coords [n,3]
     already scaled to the grid -> [n,C]. One weighted gather of 4 rows per plane and point."""
     H, W = hw
-    cols, rows = axes.to(coords.device)
+    cols, rows = axes.to(coords.device)  # already there when it comes from ImportanceRenderer.axis_pairs
     P = cols.shape[0]
     i, w0, w1 = _taps(coords, W)
     if H != W:
@@ -304,6 +304,20 @@ class ImportanceRenderer(nn.Module):
         super().__init__()
         self.ray_marcher = MipRayMarcher2()
         self.plane_axes = generate_planes()  # plain attribute, not in the state_dict (as official)
+        self._axes_cache: tuple = (None, {})
+
+    def axis_pairs(self, device) -> torch.Tensor | None:
+        """`_plane_axis_pairs` of the current plane_axes, computed once and kept per device: a render
+        then never copies host data to the GPU (no stall, CUDA-graph capturable)."""
+        src, per_device = getattr(self, '_axes_cache', (None, {}))  # absent on objects built without __init__
+        if src is not self.plane_axes:
+            pairs = _plane_axis_pairs(self.plane_axes)
+            self._axes_cache = src, per_device = self.plane_axes, {'cpu': pairs}
+        key = str(torch.device(device))
+        if key not in per_device:
+            pairs = per_device['cpu']
+            per_device[key] = None if pairs is None else pairs.to(device)
+        return per_device[key]
 
     def forward(self, planes, decoder, ray_origins, ray_directions, rendering_options, *,
                 generator=None, stratified_u=None, importance_u=None, record=None):
@@ -317,10 +331,13 @@ class ImportanceRenderer(nn.Module):
         ray_start, ray_end = opts['ray_start'], opts['ray_end']
         if ray_start == ray_end == 'auto':
             ray_start, ray_end = ray_limits_box(ray_origins, ray_directions, opts['box_warp'])
+            # official: if any ray hits the box, misses get the extreme valid start (sic: end too). Written
+            # with where/min/max on the device instead of .item() and boolean indexing (host syncs).
             valid = ray_end > ray_start
-            if torch.any(valid).item():  # official: misses get the extreme valid start (sic: end too)
-                ray_start = ray_start.masked_fill(~valid, ray_start[valid].min().item())
-                ray_end = ray_end.masked_fill(~valid, ray_start[valid].max().item())
+            fill = ~valid & valid.any()
+            inf = torch.full_like(ray_start, float('inf'))
+            lo, hi = torch.where(valid, ray_start, inf).min(), torch.where(valid, ray_start, -inf).max()
+            ray_start, ray_end = torch.where(fill, lo, ray_start), torch.where(fill, hi, ray_end)
         if stratified_u is None:
             stratified_u = _uniform((B, M, D, 1), ray_origins, generator)
         depths_coarse = sample_stratified(ray_start, ray_end, D, stratified_u,
@@ -387,8 +404,8 @@ class ImportanceRenderer(nn.Module):
         if Ni > 0 and importance_u is None:  # no draw happens in between, so the official order holds
             importance_u = _uniform((B * M, Ni), ray_origins, generator)
         clamp_mode, box_warp = opts['clamp_mode'], opts['box_warp']
-        axes = _plane_axis_pairs(self.plane_axes)
-        plane_axes = self.plane_axes.to(ray_origins.device)
+        axes = self.axis_pairs(ray_origins.device)
+        plane_axes = self.plane_axes.to(ray_origins.device) if axes is None else None
         _, P, C, H, W = planes.shape
         chunk = opts.get('ray_chunk') or (self.cpu_ray_chunk if ray_origins.device.type == 'cpu' else M)
         zc_all = depths_coarse.reshape(B, M, D)
@@ -410,7 +427,8 @@ class ImportanceRenderer(nn.Module):
                 out = decoder(feats[None, None].expand(1, 1, -1, -1),
                               d[:, None, :].expand(-1, S, -1).reshape(1, R * S, 3))
                 sigma, rgb = out['sigma'][0], out['rgb'][0]
-            return sigma.reshape(R, S), rgb.reshape(R, S, -1)
+            # fp32 for the marcher even when an autocast ran the decoder's matmuls in bf16/fp16
+            return sigma.reshape(R, S).float(), rgb.reshape(R, S, -1).float()
 
         feats_out, depth_out, wsum_out, zmin, zmax = [], [], [], [], []
         rec = {k: [] for k in ('sigma_coarse', 'rgb_coarse', 'depths_fine', 'sigma_fine')}
@@ -450,7 +468,7 @@ class ImportanceRenderer(nn.Module):
                 wsum_out.append(wsum)
                 zmin.append(z.min())
                 zmax.append(z.max())
-        rgb = torch.cat(feats_out).reshape(B, M, -1)
+        rgb = torch.cat(feats_out).reshape(B, M, -1).float()  # fp32 out even if an autocast ran the bmm
         wsum = torch.cat(wsum_out).reshape(B, M, 1)
         # batch-coupled clamp, as official: min/max over every sample depth of every ray in the batch
         depth = torch.clamp(torch.cat(depth_out).reshape(B, M, 1), torch.stack(zmin).min(), torch.stack(zmax).max())

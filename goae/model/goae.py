@@ -66,10 +66,10 @@ class GOAE(nn.Module):
     def encode(self, img: torch.Tensor, stage: int = 3) -> torch.Tensor:
         """Eq. 1: w+ = E(I) (+ w_avg, the release's start_from_latent_avg)."""
         delta, _ = self.encoder(resize(img, self.encoder.cfg.img_size), stage=stage)
-        return add_w_avg(delta, self.w_avg)
+        return add_w_avg(delta.float(), self.w_avg)  # .float(): w+ stays fp32 under an autocast (fast path)
 
-    def render_from_F(self, feat, skip_img, w_plus, c, generator=None) -> dict:
-        return self.G.synthesis_from_F(feat, skip_img, w_plus, c, generator=generator)
+    def render_from_F(self, feat, skip_img, w_plus, c, generator=None, **synthesis_kwargs) -> dict:
+        return self.G.synthesis_from_F(feat, skip_img, w_plus, c, generator=generator, **synthesis_kwargs)
 
     def refine(self, img, image_wplus, feat_F):
         """Eq. 6 via AFA; `img` and `image_wplus` at the generator's output resolution."""
@@ -85,17 +85,24 @@ class GOAE(nn.Module):
     # ------------------------------------------------------------------------------ inference
     @torch.no_grad()
     def invert(self, img: torch.Tensor, c: torch.Tensor, *, use_afa: bool = True, use_mix: bool = True,
-               generator: torch.Generator | None = None) -> InversionResult:
-        """images [B,3,H,W] in [-1,1] at G's output resolution, cameras [B,25] (EG3D labels)."""
+               generator: torch.Generator | None = None, draws: tuple[dict, dict] | None = None,
+               **synthesis_kwargs) -> InversionResult:
+        """images [B,3,H,W] in [-1,1] at G's output resolution, cameras [B,25] (EG3D labels).
+
+        `draws` = ({stratified_u, importance_u} of the w+ render, the same for the F* render): the
+        renderer's random numbers given instead of drawn (goae.model.fast draws them outside its
+        compiled / captured graph, in the order `generator` would). `synthesis_kwargs` go to every
+        EG3D block (e.g. fused_modconv)."""
+        d_w, d_f = draws or ({}, {})
         w_plus = self.encode(img)
-        skip, feat = self.G.synthesis_to_F(w_plus)
-        out_w = self.render_from_F(feat, skip, w_plus, c, generator)
+        skip, feat = self.G.synthesis_to_F(w_plus, **synthesis_kwargs)
+        out_w = self.render_from_F(feat, skip, w_plus, c, generator, **d_w, **synthesis_kwargs)
         res = InversionResult(w_plus=w_plus, camera=c, image_wplus=out_w["image"], feat_F=feat, skip_img=skip,
                               planes_wplus=out_w["planes"], image=out_w["image"], depth=out_w["image_depth"])
         if not use_afa or self.afa is None:
             return res
         f_star, gamma, beta = self.refine(img, out_w["image"], feat)
-        out_f = self.render_from_F(f_star, skip, w_plus, c, generator)
+        out_f = self.render_from_F(f_star, skip, w_plus, c, generator, **d_f, **synthesis_kwargs)
         res.feat_star, res.planes_fstar = f_star, out_f["planes"]
         res.image, res.depth = out_f["image"], out_f["image_depth"]
         res.extras.update(gamma=gamma, beta=beta)

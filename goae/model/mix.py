@@ -30,11 +30,16 @@ def gaussian_blur(x: torch.Tensor, sigma: float | torch.Tensor, kernel: int) -> 
     Taps at integer offsets -(k-1)/2..(k-1)/2, normalised to sum 1, reflect padding (torchvision's
     gaussian_blur conventions, which the release calls)."""
     B, C, H, W = x.shape
-    sig = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
-    sig = (sig[:, None] if sig.ndim == 1 else sig).expand(B, C)
     half = (kernel - 1) / 2
     t = torch.linspace(-half, half, kernel, dtype=x.dtype, device=x.device)
-    k = torch.exp(-0.5 * (t / sig.reshape(-1, 1)) ** 2)
+    if isinstance(sigma, (int, float)):
+        # a Python sigma stays a kernel argument: torch.as_tensor(sigma, device=cuda) would copy host
+        # memory to the GPU on every call (a stall, and illegal inside a CUDA-graph capture)
+        k = torch.exp(-0.5 * (t / float(sigma)) ** 2).expand(B * C, kernel)
+    else:
+        sig = sigma.to(dtype=x.dtype, device=x.device)
+        sig = (sig[:, None] if sig.ndim == 1 else sig).expand(B, C)
+        k = torch.exp(-0.5 * (t / sig.reshape(-1, 1)) ** 2)
     k = k / k.sum(-1, keepdim=True)                                  # [B*C, kernel]
     p = kernel // 2
     y = F.pad(x.reshape(1, B * C, H, W), (p, p, p, p), mode="reflect")
@@ -69,6 +74,7 @@ def _sigmas(cfg: MixConfig, shape: tuple[int, int], generator: torch.Generator |
         raise ValueError(f"blur must be 'fixed' or 'random', got {cfg.blur!r}")
     if generator is None:
         raise ValueError("blur='random' needs an explicit torch.Generator")
+    # (a CPU generator with CUDA planes copies these 2 x [B,C] draws to the device: the release option only)
     lo, hi = cfg.sigma_range
     u = torch.rand(shape, generator=generator, device=generator.device)
     return (lo + (hi - lo) * u).to(device)
@@ -84,7 +90,10 @@ def visibility_masks(depth: torch.Tensor, ray_origins: torch.Tensor, ray_directi
     if cfg.planes not in ("all", "xy"):
         raise ValueError(f"planes must be 'all' or 'xy', got {cfg.planes!r}")
     planes = (0, 1, 2) if cfg.planes == "all" else (0,)
-    with torch.no_grad():
+    # fp32 even under a bf16/fp16 autocast (the fast inversion): blur-then-threshold is a binary decision
+    # per cell, and half-precision blur sums would flip cells near the threshold
+    amp_off = torch.autocast(depth.device.type if depth.device.type in ("cuda", "cpu") else "cpu", enabled=False)
+    with torch.no_grad(), amp_off:
         points = ray_origins + depth.detach() * ray_directions  # Eq. 7: back-projected visible points
         # At the release's 128² render on 256² planes neighbouring hits are ~1 texel apart and the blur
         # closes the gaps (factor 1: the release splat itself). At coarser renders (the embedded world's
