@@ -108,12 +108,41 @@ def project_template(yaw: float, pitch: float, roll: float, crop_size: int, n_po
     return project(template_points(n_points), lookat_cam2world(yaw, pitch, roll), crop_size)
 
 
+# Which template a label was fitted with (recorded in every label's provenance).
+TEMPLATE_ID = {5: "ibug68-mean-5pt/bfm-placed/3dface2idr-world", 68: "ibug68-mean/bfm-placed/3dface2idr-world"}
+
+# A fit is flagged unreliable (label kept, flag recorded) beyond these limits.
+MAX_RELIABLE_YAW_DEG = 60.0      # profile: half the face and most of the jaw line are hidden
+MIN_VISIBLE_POINTS = 20          # of 68 with FAN confidence >= VISIBLE_CONFIDENCE
+VISIBLE_CONFIDENCE = 0.2
+MAX_RMS_FRACTION = 0.02          # reprojection RMS above 2% of the crop side: landmarks and template disagree
+
+
 @dataclass
 class PoseFit:
     cam2world: np.ndarray   # [4,4], radius-normalised
     label: np.ndarray       # [25] float32
     rms_px: float           # reprojection RMS of the unnormalised fit
     distance: float         # camera-to-world-origin distance before normalisation
+    n_points: int = 5       # landmarks used
+
+    def quality(self, crop_size: int, visible: int | None = None) -> dict:
+        """Per-image pose quality for report.json / dataset.json provenance: `reliable` is False with
+        the reasons in `flags` when the camera should not be trusted like an official one."""
+        yaw, pitch, roll = (float(np.degrees(a)) for a in yaw_pitch_roll(self.label))
+        visible = self.n_points if visible is None else int(visible)
+        flags = []
+        if abs(yaw) > MAX_RELIABLE_YAW_DEG:
+            flags.append(f"profile: |yaw| {abs(yaw):.0f} deg > {MAX_RELIABLE_YAW_DEG:.0f}")
+        if self.n_points < 68:
+            flags.append(f"only {self.n_points} landmarks (no 68-point model)")
+        elif visible < MIN_VISIBLE_POINTS:
+            flags.append(f"few visible points: {visible} < {MIN_VISIBLE_POINTS}")
+        if self.rms_px > MAX_RMS_FRACTION * crop_size:
+            flags.append(f"reprojection RMS {self.rms_px:.1f} px > {MAX_RMS_FRACTION * crop_size:.1f}")
+        return {"template": TEMPLATE_ID[self.n_points], "n_points": self.n_points, "visible_points": visible,
+                "reprojection_rms_px": round(self.rms_px, 3), "yaw_pitch_roll_deg": [yaw, pitch, roll],
+                "reliable": not flags, "flags": flags}
 
 
 def fit_camera(points_2d: np.ndarray, crop_size: int, mode: str = "orig") -> PoseFit:
@@ -150,7 +179,38 @@ def fit_camera(points_2d: np.ndarray, crop_size: int, mode: str = "orig") -> Pos
         raise ValueError(f"unknown mode {mode!r}")
     m = np.eye(4)
     m[:3, :3], m[:3, 3] = rot, c
-    return PoseFit(m, make_label(m), rms, dist)
+    return PoseFit(m, make_label(m), rms, dist, len(pts))
+
+
+def camera_elevation(label) -> float:
+    """Elevation (radians, > 0 above) of the camera seen from the pivot (0, 0, 0.2)."""
+    c = np.asarray(label, dtype=np.float64).reshape(-1)[:16].reshape(4, 4)[:3, 3] - PIVOT
+    return float(np.arctan2(c[1], np.hypot(c[0], c[2])))
+
+
+def rotation_error(label_a, label_b) -> float:
+    """Angle (radians) of R_a^T R_b for the cam2world rotations of two labels."""
+    ra = np.asarray(label_a, dtype=np.float64).reshape(-1)[:16].reshape(4, 4)[:3, :3]
+    rb = np.asarray(label_b, dtype=np.float64).reshape(-1)[:16].reshape(4, 4)[:3, :3]
+    return float(np.arccos(np.clip((np.trace(ra.T @ rb) - 1.0) / 2.0, -1.0, 1.0)))
+
+
+def compare_labels(official: dict, ours: dict) -> dict:
+    """Per-image and summary agreement of estimated labels with official ones ({name: label}):
+    rotation error and pitch difference (ours - official elevation about the pivot; > 0: ours higher), deg."""
+    rows = {}
+    for name, lab in ours.items():
+        if name in official:
+            rows[name] = {"rotation_error_deg": float(np.degrees(rotation_error(official[name], lab))),
+                          "pitch_diff_deg": float(np.degrees(camera_elevation(lab) - camera_elevation(official[name]))),
+                          "yaw_diff_deg": float(np.degrees(yaw_pitch_roll(lab)[0] - yaw_pitch_roll(official[name])[0]))}
+    if not rows:
+        raise ValueError("no image has both an official and an estimated label")
+    err = np.array([r["rotation_error_deg"] for r in rows.values()])
+    pd = np.array([r["pitch_diff_deg"] for r in rows.values()])
+    return {"n": len(rows), "median_rotation_error_deg": float(np.median(err)),
+            "max_rotation_error_deg": float(err.max()), "mean_pitch_diff_deg": float(pd.mean()),
+            "sd_pitch_diff_deg": float(pd.std()), "images": rows}
 
 
 def label_from_landmarks(points_2d: np.ndarray, crop_size: int, mode: str = "orig") -> np.ndarray:
