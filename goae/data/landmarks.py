@@ -120,8 +120,11 @@ class BoxLandmarker(LandmarkDetector):
             for f in faces:
                 if f.score < 0.9:  # never selected (select_face); spare the 68-point model
                     continue
-                f.points68, f.confidence68 = self.landmarks68(img, f.box)
-                f.model = self.model
+                try:
+                    f.points68, f.confidence68 = self.landmarks68(img, f.box)
+                    f.model = self.model
+                except FaceError:  # the 68-point model missed this face: it keeps MTCNN's 5 points
+                    continue
         return out
 
 
@@ -181,6 +184,67 @@ class Dlib68Detector(BoxLandmarker):
             best = self._dlib.rectangle(int(cx - side / 2), int(cy - side / 2), int(cx + side / 2), int(cy + side / 2))
         sh = self.predictor(image, best)
         return np.array([[sh.part(i).x, sh.part(i).y] for i in range(68)], np.float32), None
+
+
+# FaceMesh (468-vertex topology) vertex standing for each iBUG-68 landmark, in iBUG order: jaw 0-16,
+# brows 17-26, nose 27-35, eyes 36-47, outer lip 48-59, inner lip 60-67. Chosen on the mesh topology
+# (contour vertices of the jaw, brow upper edge, nose ridge/tip/base, eyelid and lip vertices); on the
+# 512² real-face crops these sit 4-9 px (jaw: 8-13 px, where dlib follows the silhouette) from dlib's points.
+FACEMESH_68 = np.array([
+    127, 234, 93, 132, 58, 136, 150, 176, 152, 400, 379, 365, 288, 361, 323, 454, 356,
+    70, 63, 105, 66, 107, 336, 296, 334, 293, 300,
+    168, 197, 5, 4, 75, 97, 2, 326, 305,
+    33, 160, 158, 133, 153, 144, 362, 385, 387, 263, 373, 380,
+    61, 39, 37, 0, 267, 269, 291, 405, 314, 17, 84, 181,
+    78, 82, 13, 312, 308, 317, 14, 87])
+
+
+class FaceMesh68:
+    """mediapipe 0.10.14 FaceMesh (model inside the wheel, offline): 68 iBUG-equivalent points with
+    their depth. FaceMesh's z is a per-vertex depth (larger = farther) in the same scale as x (image
+    widths), so z * width is depth in pixels: the face's own 3D shape, used by the pose fit."""
+    model = "mediapipe-facemesh"
+
+    def __init__(self):
+        try:
+            import mediapipe as mp
+        except ImportError:
+            raise RuntimeError("FaceMesh68 needs mediapipe==0.10.14 (pip install --no-deps mediapipe==0.10.14 "
+                               "absl-py attrs flatbuffers 'protobuf>=4.25.3,<5')") from None
+        self.mesh = mp.solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1, refine_landmarks=False)
+
+    def points(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """([68, 2] pixel coords, [68] depth in pixels) of the most prominent face, or None."""
+        img = np.ascontiguousarray(_as_rgb(image))
+        res = self.mesh.process(img)
+        if not res.multi_face_landmarks:
+            return None
+        h, w = img.shape[:2]
+        lm = res.multi_face_landmarks[0].landmark
+        xyz = np.array([[lm[i].x * w, lm[i].y * h, lm[i].z * w] for i in FACEMESH_68], np.float64)
+        return xyz[:, :2].astype(np.float32), xyz[:, 2].astype(np.float32)
+
+
+class MediaPipe68Detector(BoxLandmarker):
+    """68 points from FaceMesh run on a square region around each MTCNN face (offline fallback when
+    neither FAN weights nor dlib are available)."""
+    model = "mediapipe68"
+
+    def __init__(self, device: str | torch.device):
+        self.mesh = FaceMesh68()
+        super().__init__(device)
+
+    def landmarks68(self, image, box):
+        import cv2
+        x0, y0, x1, y1 = (float(v) for v in box)
+        side, cx, cy = 1.8 * max(x1 - x0, y1 - y0), (x0 + x1) / 2, (y0 + y1) / 2
+        k = 256.0 / side  # FaceMesh works at 192-256 px; a fixed-size square keeps it in range
+        aff = np.array([[k, 0, 128 - k * cx], [0, k, 128 - k * cy]])
+        region = cv2.warpAffine(image, aff, (256, 256), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+        got = self.mesh.points(region)
+        if got is None:
+            raise FaceError("no_landmarks", "FaceMesh found no face in the detected box")
+        return ((got[0] - aff[:, 2]) / k).astype(np.float32), None
 
 
 FAN_FILE = "2DFAN4-11f355bf06.pth.tar"   # face-alignment 1.5.0 models_urls['2DFAN-4'] (a plain state dict)
@@ -246,22 +310,24 @@ class FANDetector(BoxLandmarker):
         return np.asarray(pts, np.float32).reshape(68, 2), np.asarray(scores, np.float32).reshape(68)
 
 
-DETECTORS = ("auto", "fan", "dlib68", "mtcnn")
+DETECTORS = ("auto", "fan", "dlib68", "mediapipe68", "mtcnn")
 
 
 def build_detector(name: str, device: str | torch.device, fan_weights: str | None = None) -> LandmarkDetector:
-    """'fan' (face-alignment + its weights), 'dlib68' (offline, face_recognition_models), 'mtcnn' (5 points
-    only) or 'auto': FAN when its weights are found, else dlib 68, else MTCNN. The chosen landmark
-    model is each Face's `model`."""
+    """'fan' (face-alignment + its weights), 'dlib68' (offline, face_recognition_models), 'mediapipe68'
+    (offline, FaceMesh), 'mtcnn' (5 points only) or 'auto': FAN when its weights are found, else dlib 68,
+    else FaceMesh, else MTCNN. The chosen landmark model is each Face's `model`."""
     if name not in DETECTORS:
         raise ValueError(f"unknown detector {name!r}; choose from {list(DETECTORS)}")
     if name == "auto":
         if fan_weights_path(fan_weights) is not None:
             return FANDetector(device, fan_weights)
-        try:
-            return Dlib68Detector(device)
-        except RuntimeError:
-            return MTCNNDetector(device)
+        for fallback in (Dlib68Detector, MediaPipe68Detector):
+            try:
+                return fallback(device)
+            except RuntimeError:
+                continue
+        return MTCNNDetector(device)
     if name == "fan":
         return FANDetector(device, fan_weights)
-    return Dlib68Detector(device) if name == "dlib68" else MTCNNDetector(device)
+    return {"dlib68": Dlib68Detector, "mediapipe68": MediaPipe68Detector, "mtcnn": MTCNNDetector}[name](device)

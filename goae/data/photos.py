@@ -13,26 +13,48 @@ from tqdm import tqdm
 from goae.data.crop import CropConfig, apply_affine, eg3d_crop
 from goae.data.dataset import write_dataset_json, write_json_atomic
 from goae.data.io import ImageError, read_image, write_png_atomic
-from goae.data.landmarks import FaceError, build_detector, select_face
+from goae.data.landmarks import FaceError, FaceMesh68, build_detector, select_face
 from goae.data.pose import VISIBLE_CONFIDENCE, fit_camera, flip_yaw, yaw_pitch_roll
 
 
-def crop_and_pose(image: np.ndarray, detector, output_size: int, min_face_px: int, roll_align: bool):
+def build_depth_model(name: str):
+    """'facemesh': mediapipe FaceMesh depth for the pose fit (None when mediapipe is missing: the fit
+    falls back to PnP and says so); 'none': PnP with the template's depth."""
+    if name == "none":
+        return None
+    if name != "facemesh":
+        raise ValueError(f"unknown pose depth {name!r}; choose 'facemesh' or 'none'")
+    try:
+        return FaceMesh68()
+    except RuntimeError:
+        return None
+
+
+def crop_and_pose(image: np.ndarray, detector, output_size: int, min_face_px: int, roll_align: bool,
+                  depth_model=None):
     """One photo → (crop uint8 [S,S,3], label [25], info, landmarks in the crop); raises FaceError.
 
     The crop uses the 5 MTCNN points (EG3D's align_img input); the camera is fitted to the 68-point
     landmarks when the detector has them (pitch needs more than 5 points: nose tip vs. eyes/mouth alone
-    leaves it to the template's nose), else to the 5 points. `info["pose"]` is the provenance."""
+    leaves it to the template's nose), else to the 5 points. With a depth model (FaceMesh run on the
+    crop) the rotation uses the face's own landmark depth (pose.fit_camera). `info["pose"]` is the
+    provenance."""
     faces = detector.detect([image])[0]
     face = select_face(faces, threshold=0.9, min_size=min_face_px)
     res = eg3d_crop(image, face.points5, CropConfig(output_size=output_size, align_roll=roll_align))
     src = face.points68 if face.points68 is not None else face.points5
     pts = apply_affine(res.affine, src)  # landmarks in the crop, for the pose fit
-    fit = fit_camera(pts, output_size)
+    depth, depth_src = None, None
+    if depth_model is not None and len(pts) == 68:
+        got = depth_model.points(res.image)
+        if got is not None:
+            depth, depth_src = got[1], depth_model.model
+    fit = fit_camera(pts, output_size, depth=depth)
     visible = None if face.confidence68 is None else int((face.confidence68 >= VISIBLE_CONFIDENCE).sum())
     info = {"score": float(face.score), "box": [float(v) for v in face.box], "faces_found": len(faces),
             "padded_fraction": float(res.padded_fraction), "pose_rms_px": float(fit.rms_px),
-            "camera": "estimated", "pose": {"landmark_model": face.model, **fit.quality(output_size, visible)},
+            "camera": "estimated", "pose": {"landmark_model": face.model, "depth_model": depth_src,
+                                            **fit.quality(output_size, visible)},
             "landmarks_crop": pts.round(2).tolist()}
     return res.image, fit.label.astype(np.float32), info, pts
 
@@ -55,7 +77,7 @@ def collect_files(inputs, exclude: str | Path | None = None) -> list[Path]:
 def prepare_photos(files, dst: str | Path, *, detector: str = "auto", output_size: int = 512,
                    min_face_px: int = 32, flip: bool = False, roll_align: bool = False, device="cpu",
                    root: str | Path | None = None, det=None, progress: bool = True, fan_weights: str | None = None,
-                   dataset_name: str = "dataset.json") -> dict:
+                   dataset_name: str = "dataset.json", pose_depth: str = "facemesh") -> dict:
     """Process every file; write `<stem>.png` crops + dataset.json (with per-image pose provenance)
     into dst. Returns {name: outcome}."""
     dst = Path(dst)
@@ -64,6 +86,7 @@ def prepare_photos(files, dst: str | Path, *, detector: str = "auto", output_siz
     labels: list[tuple[str, list[float]]] = []
     provenance: dict[str, dict] = {}
     det = det or build_detector(detector, device, fan_weights)
+    depth_model = build_depth_model(pose_depth)
     for f in tqdm(list(files), desc=f"photos/{dst.name}", disable=not progress, unit="img"):
         f = Path(f)
         key = str(f.relative_to(root)) if root else f.name
@@ -71,7 +94,7 @@ def prepare_photos(files, dst: str | Path, *, detector: str = "auto", output_siz
             key = str(f)
         try:
             img = read_image(f)
-            crop, label, info, pts = crop_and_pose(img, det, output_size, min_face_px, roll_align)
+            crop, label, info, pts = crop_and_pose(img, det, output_size, min_face_px, roll_align, depth_model)
         except ImageError as e:
             report[key] = {"status": "skipped", "reason": e.reason, "detail": str(e)}
             continue
@@ -101,7 +124,8 @@ def prepare_photos(files, dst: str | Path, *, detector: str = "auto", output_siz
 
 
 def pose_photos(inputs, out_json: str | Path, *, detector: str = "auto", output_size: int = 512,
-                min_face_px: int = 32, device="cpu", fan_weights: str | None = None, progress: bool = True) -> dict:
+                min_face_px: int = 32, device="cpu", fan_weights: str | None = None, progress: bool = True,
+                pose_depth: str = "facemesh") -> dict:
     """`goae pose`: crop + camera only (no inversion). Writes the crops beside `out_json` (an EG3D
     dataset.json with per-image provenance) and report.json; returns {"summary", "files"}."""
     import time
@@ -114,7 +138,7 @@ def pose_photos(inputs, out_json: str | Path, *, detector: str = "auto", output_
     det = build_detector(detector, device, fan_weights)
     t1 = time.perf_counter()
     report = prepare_photos(files, dst, output_size=output_size, min_face_px=min_face_px, device=device,
-                            det=det, progress=progress, dataset_name=out_json.name)
+                            det=det, progress=progress, dataset_name=out_json.name, pose_depth=pose_depth)
     dt = time.perf_counter() - t1
     ok = sum(r["status"] == "ok" for r in report.values())
     summary = {"ok": ok, "failed": len(report) - ok, "detector": type(det).__name__,

@@ -125,6 +125,7 @@ class PoseFit:
     rms_px: float           # reprojection RMS of the unnormalised fit
     distance: float         # camera-to-world-origin distance before normalisation
     n_points: int = 5       # landmarks used
+    method: str = "pnp"     # 'pnp' (template depth) or 'depth-procrustes' (the face's measured depth)
 
     def quality(self, crop_size: int, visible: int | None = None) -> dict:
         """Per-image pose quality for report.json / dataset.json provenance: `reliable` is False with
@@ -140,14 +141,40 @@ class PoseFit:
             flags.append(f"few visible points: {visible} < {MIN_VISIBLE_POINTS}")
         if self.rms_px > MAX_RMS_FRACTION * crop_size:
             flags.append(f"reprojection RMS {self.rms_px:.1f} px > {MAX_RMS_FRACTION * crop_size:.1f}")
-        return {"template": TEMPLATE_ID[self.n_points], "n_points": self.n_points, "visible_points": visible,
+        return {"template": TEMPLATE_ID[self.n_points], "fit": self.method, "n_points": self.n_points, "visible_points": visible,
                 "reprojection_rms_px": round(self.rms_px, 3), "yaw_pitch_roll_deg": [yaw, pitch, roll],
                 "reliable": not flags, "flags": flags}
 
 
-def fit_camera(points_2d: np.ndarray, crop_size: int, mode: str = "orig") -> PoseFit:
-    """Rigid PnP of the world template to 5 (EG3D order) or 68 (iBUG) landmarks in an EG3D crop.
+def rotation_from_depth(obj: np.ndarray, cloud: np.ndarray) -> np.ndarray:
+    """[3,3] world->camera rotation of the similarity (Umeyama/Kabsch) that best maps the template's
+    world points onto the face's own 3D points in camera axes (x right, y down, z away, one unit)."""
+    a, b = obj - obj.mean(0), cloud - cloud.mean(0)
+    u, _, vt = np.linalg.svd(b.T @ a)
+    d = np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt))])
+    return u @ d @ vt
 
+
+def _translation_for(r_w2c: np.ndarray, obj: np.ndarray, pts: np.ndarray, k: np.ndarray, t0: np.ndarray) -> np.ndarray:
+    """Camera translation that best reprojects the template onto the landmarks with the rotation fixed."""
+    from scipy.optimize import least_squares
+    xc = obj @ r_w2c.T
+
+    def resid(t):
+        q = (xc + t) @ k.T
+        return (q[:, :2] / q[:, 2:3] - pts).ravel()
+    return least_squares(resid, t0, method="lm").x
+
+
+def fit_camera(points_2d: np.ndarray, crop_size: int, mode: str = "orig", depth: np.ndarray | None = None) -> PoseFit:
+    """Camera of an EG3D crop from 5 (EG3D order) or 68 (iBUG) landmarks.
+
+    Without `depth`: rigid PnP of the world template. With `depth` ([68] per-landmark depth in crop
+    pixels, larger = farther, any offset; e.g. FaceMesh z): the rotation is the 3D similarity fit of
+    the template to the face's own (x, y, depth) points, so the face's nose and jaw depth are measured
+    instead of assumed (the template's depth profile otherwise turns into pitch: a flatter or deeper
+    face than the template reads as a camera above or below), and the translation is the perspective
+    reprojection fit with that rotation.
     The world->camera fit is inverted to cam2world, so the template renders at the landmarks; then
     the camera is moved to radius 2.7: mode 'orig' scales its position (EG3D fix_pose_orig),
     mode 'lookat' slides it along its optical axis until it looks exactly at the pivot.
@@ -161,12 +188,20 @@ def fit_camera(points_2d: np.ndarray, crop_size: int, mode: str = "orig") -> Pos
         raise RuntimeError("solvePnP (SQPNP) failed")
     ok, rvec, tvec = cv2.solvePnP(obj, pts, k, None, rvec, tvec, useExtrinsicGuess=True,
                                   flags=cv2.SOLVEPNP_ITERATIVE)
-    proj, _ = cv2.projectPoints(obj, rvec, tvec, k, None)
-    rms = float(np.sqrt(((proj.reshape(-1, 2) - pts) ** 2).sum(1).mean()))
-    r_w2c = cv2.Rodrigues(rvec)[0]
-    if ((obj @ r_w2c.T + tvec.reshape(3))[:, 2] <= 0).any():
+    r_w2c, tvec = cv2.Rodrigues(rvec)[0], tvec.reshape(3)
+    method = "pnp"
+    if depth is not None:
+        z = np.asarray(depth, dtype=np.float64).reshape(-1)
+        if z.shape[0] != pts.shape[0]:
+            raise ValueError(f"depth has {z.shape[0]} values for {pts.shape[0]} landmarks")
+        r_w2c = rotation_from_depth(obj, np.concatenate([pts, z[:, None]], 1))
+        tvec = _translation_for(r_w2c, obj, pts, k, tvec)
+        method = "depth-procrustes"
+    proj = (obj @ r_w2c.T + tvec) @ k.T
+    rms = float(np.sqrt(((proj[:, :2] / proj[:, 2:3] - pts) ** 2).sum(1).mean()))
+    if ((obj @ r_w2c.T + tvec)[:, 2] <= 0).any():
         raise RuntimeError("pose fit put the face behind the camera; landmarks are inconsistent")
-    rot, c = r_w2c.T, -r_w2c.T @ tvec.reshape(3)
+    rot, c = r_w2c.T, -r_w2c.T @ tvec
     dist = float(np.linalg.norm(c))
     if mode == "orig":
         c = c * (RADIUS / dist)
@@ -179,7 +214,7 @@ def fit_camera(points_2d: np.ndarray, crop_size: int, mode: str = "orig") -> Pos
         raise ValueError(f"unknown mode {mode!r}")
     m = np.eye(4)
     m[:3, :3], m[:3, 3] = rot, c
-    return PoseFit(m, make_label(m), rms, dist, len(pts))
+    return PoseFit(m, make_label(m), rms, dist, len(pts), method)
 
 
 def camera_elevation(label) -> float:

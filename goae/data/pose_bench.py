@@ -19,11 +19,11 @@ from goae.data.pose import compare_labels
 
 
 def benchmark(folder: str | Path, out: str | Path, detector: str = "auto", device="cpu",
-              fan_weights: str | None = None) -> dict:
+              fan_weights: str | None = None, pose_depth: str = "facemesh") -> dict:
     folder, out = Path(folder), Path(out)
     official = dict(read_dataset_json(folder))
     res = pose_photos([folder / n for n in official], out / "dataset.json", detector=detector, device=device,
-                      fan_weights=fan_weights, progress=False)
+                      fan_weights=fan_weights, progress=False, pose_depth=pose_depth)
     ours, models = {}, {}
     for key, r in res["files"].items():
         if r["status"] == "ok":
@@ -31,6 +31,7 @@ def benchmark(folder: str | Path, out: str | Path, detector: str = "auto", devic
             models[key] = r["pose"]["landmark_model"]
     cmp = compare_labels(official, ours)
     cmp["landmark_models"] = sorted(set(models.values()))
+    cmp["fits"] = sorted({r["pose"]["fit"] for r in res["files"].values() if r["status"] == "ok"})
     cmp["failed"] = [k for k, r in res["files"].items() if r["status"] != "ok"]
     cmp["images_per_s"] = res["summary"]["images_per_s"]
     return cmp
@@ -50,13 +51,14 @@ def main(argv=None) -> int:
     ap.add_argument("folder")
     ap.add_argument("--detector", default="auto")
     ap.add_argument("--fan-weights", default=None)
+    ap.add_argument("--pose-depth", default="facemesh", choices=["facemesh", "none"])
     ap.add_argument("--out", default=None, help="where the crops go (default: a temporary folder)")
     ap.add_argument("--json", action="store_true", help="print the full comparison as JSON")
     a = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        cmp = benchmark(a.folder, a.out or tmp, a.detector, fan_weights=a.fan_weights)
+        cmp = benchmark(a.folder, a.out or tmp, a.detector, fan_weights=a.fan_weights, pose_depth=a.pose_depth)
     print(json.dumps(cmp, indent=1) if a.json else table(cmp) + f"\n\nlandmarks: {cmp['landmark_models']}, "
-          f"{cmp['images_per_s']} images/s, failed: {cmp['failed']}")
+          f"fit: {cmp['fits']}, {cmp['images_per_s']} images/s, failed: {cmp['failed']}")
     return 0
 
 
