@@ -165,17 +165,13 @@ def cmd_invert(args) -> int:
     G = L.model.G
     out = Path(args.out)
     crops = out / "_crops"
-    files = []
-    for src in args.inputs:
-        p = Path(src)
-        # folders: every file (non-images get a reason), but not hidden ones nor our own earlier outputs
-        files += sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")
-                        and out.resolve() not in f.resolve().parents) if p.is_dir() else [p]
+    from goae.data.photos import collect_files
+    files = collect_files(args.inputs, exclude=out)  # folders: every file (non-images get a reason)
     if not files:
         print("goae invert: no input files", file=sys.stderr)
         return 2
     report = prepare_photos(files, crops, detector=args.detector, output_size=G.img_resolution,
-                            min_face_px=args.min_face, device=device)
+                            min_face_px=args.min_face, device=device, fan_weights=args.fan_weights)
     from goae.data.dataset import read_dataset_json
     labels = dict(read_dataset_json(crops)) if (crops / "dataset.json").is_file() else {}
     gen = torch.Generator(device=device).manual_seed(args.seed)
@@ -191,7 +187,8 @@ def cmd_invert(args) -> int:
             d = out / Path(name).stem
             d.mkdir(parents=True, exist_ok=True)
             write_png_atomic(d / "crop.png", np.asarray(Image.open(crops / name).convert("RGB")))
-            (d / "camera.json").write_text(json.dumps({"label": labels[name], "convention": "EG3D 25-value"}))
+            (d / "camera.json").write_text(json.dumps({"label": labels[name], "convention": "EG3D 25-value",
+                                                         "pose": r.get("pose")}))
             tensors = {"w_plus": res.w_plus[0].cpu().contiguous()}
             if res.feat_star is not None:
                 tensors["feat_star"] = res.feat_star[0].cpu().contiguous()
@@ -235,6 +232,17 @@ def cmd_invert(args) -> int:
     return 0 if ok == len(report) else (1 if ok else 2)
 
 
+def cmd_pose(args) -> int:
+    from goae.data.photos import pose_photos
+    res = pose_photos(args.inputs, args.out, detector=args.detector, output_size=args.size, device=args.device,
+                      fan_weights=args.fan_weights, pose_depth=args.pose_depth)
+    print(json.dumps(res["summary"], indent=1))
+    bad = {k: r for k, r in res["files"].items() if r["status"] != "ok"}
+    for k, r in bad.items():
+        print(f"  {k}: {r['reason']} — {r.get('detail', '')}")
+    return 1 if bad else 0
+
+
 def cmd_edit(args) -> int:
     from goae.data.dataset import image_to_tensor, read_dataset_json, save_png, write_json_atomic
     from goae.data.photos import prepare_photos
@@ -244,7 +252,7 @@ def cmd_edit(args) -> int:
     L = load_models(Path(args.models), device, args.goae, args.params)
     G, out = L.model.G, Path(args.out)
     report = prepare_photos([Path(args.photo)], out / "_crops", detector=args.detector,
-                            output_size=G.img_resolution, device=device)
+                            output_size=G.img_resolution, device=device, fan_weights=args.fan_weights)
     r = next(iter(report.values()))
     if r["status"] != "ok":
         print(f"goae edit: {args.photo}: {r['reason']} — {r.get('detail', '')}", file=sys.stderr)
@@ -315,8 +323,9 @@ def cmd_sync(args) -> int:
 INVERT_HELP = """Invert photos into GOAE's latent spaces and render them in 3D.
 
 Each photo is read (EXIF rotation, CMYK, 16-bit, alpha and grayscale are converted), its largest face is
-found (MTCNN, offline) and cropped the EG3D way, and its camera is fitted. Per photo OUT/<name>/ gets:
-crop.png, camera.json (EG3D 25-value label), latents.safetensors (w_plus [14,512], feat_star F*),
+found (MTCNN, offline) and cropped the EG3D way, and its camera is fitted to 68-point landmarks (--detector)
+and the face's FaceMesh depth. Per photo OUT/<name>/ gets:
+crop.png, camera.json (EG3D 25-value label + pose provenance), latents.safetensors (w_plus [14,512], feat_star F*),
 reconstruction.png, depth.png; view_NN.png with --views, orbit.mp4/.gif with --video, mesh.ply with --mesh.
 OUT/report.json lists every input (ok, or the reason it was skipped) and which weights were used.
 
@@ -340,6 +349,12 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
         s.add_argument("--seed", type=int, default=0, help="seed of the renderer's random samples")
 
+    def detector_args(s):
+        from goae.data.landmarks import DETECTORS
+        s.add_argument("--detector", default="auto", choices=list(DETECTORS),
+                       help="68-point landmarks for the camera (auto: FAN if its weights exist, else dlib, else FaceMesh)")
+        s.add_argument("--fan-weights", default=None, help="face-alignment 2DFAN-4 weights file")
+
     s = sub.add_parser("invert", help="invert photos: crop, camera, w+/F*, reconstruction, depth, views, video, mesh",
                        formatter_class=argparse.RawDescriptionHelpFormatter, description=INVERT_HELP)
     s.add_argument("inputs", nargs="+", help="photos or folders of photos")
@@ -350,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--mesh", action="store_true", help="write a PLY mesh of the (mixed) tri-plane density")
     s.add_argument("--mesh-res", type=int, default=96, help="marching-cubes grid size per axis")
     s.add_argument("--no-mix", action="store_true", help="render the AFA tri-plane without the occlusion-aware mix")
-    s.add_argument("--detector", default="mtcnn", choices=["mtcnn", "fan"])
+    detector_args(s)
     s.add_argument("--min-face", type=int, default=32, help="smallest face box side (px) to accept")
     models_args(s)
     s.set_defaults(fn=cmd_invert)
@@ -362,9 +377,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--alpha", type=float, nargs="+", default=[-2.0, 0.0, 2.0])
     s.add_argument("--views", type=int, default=3)
     s.add_argument("--out", required=True)
-    s.add_argument("--detector", default="mtcnn", choices=["mtcnn", "fan"])
+    detector_args(s)
     models_args(s)
     s.set_defaults(fn=cmd_edit)
+
+    s = sub.add_parser("pose", help="crop + EG3D camera only (no inversion) → dataset.json with provenance")
+    s.add_argument("inputs", nargs="+", help="photos or folders of photos")
+    s.add_argument("--out", required=True, help="dataset.json to write (crops and report.json go beside it)")
+    s.add_argument("--size", type=int, default=512, help="crop size")
+    s.add_argument("--pose-depth", default="facemesh", choices=["facemesh", "none"])
+    s.add_argument("--device", default="cpu")
+    detector_args(s)
+    s.set_defaults(fn=cmd_pose)
 
     s = sub.add_parser("convert-eg3d", help="NVIDIA EG3D pickle → safetensors + JSON (no NVIDIA code is run)")
     s.add_argument("pkl")
