@@ -203,7 +203,11 @@ def fit_camera(points_2d: np.ndarray, crop_size: int, mode: str = "orig", depth:
         z = np.asarray(depth, dtype=np.float64).reshape(-1)
         if z.shape[0] != pts.shape[0]:
             raise ValueError(f"depth has {z.shape[0]} values for {pts.shape[0]} landmarks")
-        r_w2c = rotation_from_depth(obj, np.concatenate([pts, z[:, None]], 1))
+        # undo the perspective of x, y: a point dz farther than the mean is drawn smaller by
+        # 1 + dz / Z0, and dz / Z0 = (z - mean z) / f_px when z is in pixels at the face's scale
+        ratio = 1.0 + (z - z.mean()) / k[0, 0]
+        cloud = np.concatenate([(pts - k[:2, 2]) * ratio[:, None], z[:, None]], 1)
+        r_w2c = rotation_from_depth(obj, cloud)
         tvec = _translation_for(r_w2c, obj, pts, k, tvec)
         method = "depth-procrustes"
     rms = _rms(obj, r_w2c, tvec, pts, k)
