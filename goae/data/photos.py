@@ -13,7 +13,7 @@ from tqdm import tqdm
 from goae.data.crop import CropConfig, apply_affine, eg3d_crop
 from goae.data.dataset import write_dataset_json, write_json_atomic
 from goae.data.io import ImageError, read_image, write_png_atomic
-from goae.data.landmarks import FaceError, FaceMesh68, build_detector, select_face
+from goae.data.landmarks import BoxLandmarker, FaceError, FaceMesh68, build_detector, select_face
 from goae.data.pose import VISIBLE_CONFIDENCE, fit_camera, flip_yaw, yaw_pitch_roll
 
 
@@ -86,7 +86,8 @@ def prepare_photos(files, dst: str | Path, *, detector: str = "auto", output_siz
     labels: list[tuple[str, list[float]]] = []
     provenance: dict[str, dict] = {}
     det = det or build_detector(detector, device, fan_weights)
-    depth_model = build_depth_model(pose_depth)
+    # depth is only used with 68 points: a 5-point detector needs no FaceMesh
+    depth_model = build_depth_model(pose_depth) if isinstance(det, BoxLandmarker) else None
     for f in tqdm(list(files), desc=f"photos/{dst.name}", disable=not progress, unit="img"):
         f = Path(f)
         key = str(f.relative_to(root)) if root else f.name
