@@ -1,7 +1,9 @@
 """Photos → EG3D crops + camera labels: read (robustly) → landmarks → EG3D crop → pose fit.
 
-Used by the `prepare` stage for unlabelled folders and by `goae invert`. Every file gets an outcome
-(ok, or a specific reason); one bad file never stops the others.
+Used by the `prepare` stage for unlabelled folders, by `goae invert` and by `goae pose` (pose_photos:
+crop + camera only). Every file gets an outcome (ok, or a specific reason); one bad file never stops
+the others. Each estimated label carries its provenance (landmark model, depth model, template, fit,
+reprojection error, reliability flags) in report.json and in dataset.json's extra `provenance` key.
 """
 from __future__ import annotations
 
