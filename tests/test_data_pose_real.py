@@ -6,7 +6,6 @@ import pytest
 
 from goae.data import face_template as ft
 from goae.data import pose as P
-from tests.conftest import fixture_dir
 
 D = np.radians
 
@@ -61,14 +60,14 @@ def test_compare_labels_figures():
         P.compare_labels({"x": a}, {"y": b})
 
 
-def test_real_faces_agree_with_official_labels(tmp_path, monkeypatch):
+def test_real_faces_agree_with_official_labels(tmp_path, monkeypatch, real_faces_fixture):
     """The real detector + crop + pose path (`goae pose`) on real EG3D crops with official labels.
     Targets of the pose-agreement check: median rotation error <= 2 deg, worst <= 5, |mean pitch| <= 1."""
     pytest.importorskip("dlib")
     pytest.importorskip("mediapipe")
     from goae.data.pose_bench import benchmark
     monkeypatch.delenv("GOAE_FAN_WEIGHTS", raising=False)  # offline path: auto -> dlib 68 + FaceMesh depth
-    cmp = benchmark(fixture_dir("real_faces"), tmp_path, detector="auto")
+    cmp = benchmark(real_faces_fixture, tmp_path, detector="auto")
     assert cmp["failed"] == [] and cmp["n"] == 6
     assert cmp["landmark_models"] == ["dlib68"] and cmp["fits"] == ["depth-procrustes"]
     assert cmp["max_rotation_error_deg"] <= 5.0
