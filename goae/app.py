@@ -150,17 +150,13 @@ def cmd_invert(args) -> int:
     G = L.model.G
     out = Path(args.out)
     crops = out / "_crops"
-    files = []
-    for src in args.inputs:
-        p = Path(src)
-        # folders: every file (non-images get a reason), but not hidden ones nor our own earlier outputs
-        files += sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")
-                        and out.resolve() not in f.resolve().parents) if p.is_dir() else [p]
+    from goae.data.photos import collect_files
+    files = collect_files(args.inputs, exclude=out)  # folders: every file (non-images get a reason)
     if not files:
         print("goae invert: no input files", file=sys.stderr)
         return 2
     report = prepare_photos(files, crops, detector=args.detector, output_size=G.img_resolution,
-                            min_face_px=args.min_face, device=device)
+                            min_face_px=args.min_face, device=device, fan_weights=args.fan_weights)
     from goae.data.dataset import read_dataset_json
     labels = dict(read_dataset_json(crops)) if (crops / "dataset.json").is_file() else {}
     gen = torch.Generator(device=device).manual_seed(args.seed)
@@ -176,7 +172,8 @@ def cmd_invert(args) -> int:
             d = out / Path(name).stem
             d.mkdir(parents=True, exist_ok=True)
             write_png_atomic(d / "crop.png", np.asarray(Image.open(crops / name).convert("RGB")))
-            (d / "camera.json").write_text(json.dumps({"label": labels[name], "convention": "EG3D 25-value"}))
+            (d / "camera.json").write_text(json.dumps({"label": labels[name], "convention": "EG3D 25-value",
+                                                         "pose": r.get("pose")}))
             tensors = {"w_plus": res.w_plus[0].cpu().contiguous()}
             if res.feat_star is not None:
                 tensors["feat_star"] = res.feat_star[0].cpu().contiguous()
@@ -220,6 +217,17 @@ def cmd_invert(args) -> int:
     return 0 if ok == len(report) else (1 if ok else 2)
 
 
+def cmd_pose(args) -> int:
+    from goae.data.photos import pose_photos
+    res = pose_photos(args.inputs, args.out, detector=args.detector, output_size=args.size, device=args.device,
+                      fan_weights=args.fan_weights, pose_depth=args.pose_depth)
+    print(json.dumps(res["summary"], indent=1))
+    bad = {k: r for k, r in res["files"].items() if r["status"] != "ok"}
+    for k, r in bad.items():
+        print(f"  {k}: {r['reason']} — {r.get('detail', '')}")
+    return 1 if bad else 0
+
+
 def cmd_edit(args) -> int:
     from goae.data.dataset import image_to_tensor, read_dataset_json, save_png, write_json_atomic
     from goae.data.photos import prepare_photos
@@ -229,7 +237,7 @@ def cmd_edit(args) -> int:
     L = load_models(Path(args.models), device, args.goae, args.params)
     G, out = L.model.G, Path(args.out)
     report = prepare_photos([Path(args.photo)], out / "_crops", detector=args.detector,
-                            output_size=G.img_resolution, device=device)
+                            output_size=G.img_resolution, device=device, fan_weights=args.fan_weights)
     r = next(iter(report.values()))
     if r["status"] != "ok":
         print(f"goae edit: {args.photo}: {r['reason']} — {r.get('detail', '')}", file=sys.stderr)

@@ -16,14 +16,15 @@ import argparse
 import pickle
 import sys
 
-from goae.app import cmd_convert_eg3d, cmd_convert_goae, cmd_edit, cmd_invert, cmd_sample, cmd_sync
+from goae.app import cmd_convert_eg3d, cmd_convert_goae, cmd_edit, cmd_invert, cmd_pose, cmd_sample, cmd_sync
 
 
 INVERT_HELP = """Invert photos into GOAE's latent spaces and render them in 3D.
 
 Each photo is read (EXIF rotation, CMYK, 16-bit, alpha and grayscale are converted), its largest face is
-found (MTCNN, offline) and cropped the EG3D way, and its camera is fitted. Per photo OUT/<name>/ gets:
-crop.png, camera.json (EG3D 25-value label), latents.safetensors (w_plus [14,512], feat_star F*),
+found (MTCNN, offline) and cropped the EG3D way, and its camera is fitted to 68-point landmarks (--detector)
+and the face's FaceMesh depth. Per photo OUT/<name>/ gets:
+crop.png, camera.json (EG3D 25-value label + pose provenance), latents.safetensors (w_plus [14,512], feat_star F*),
 reconstruction.png, depth.png; view_NN.png with --views, orbit.mp4/.gif with --video, mesh.ply with --mesh.
 OUT/report.json lists every input (ok, or the reason it was skipped) and which weights were used.
 
@@ -47,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
         s.add_argument("--seed", type=int, default=0, help="seed of the renderer's random samples")
 
+    def detector_args(s):
+        from goae.data.landmarks import DETECTORS
+        s.add_argument("--detector", default="auto", choices=list(DETECTORS),
+                       help="68-point landmarks for the camera (auto: FAN if its weights exist, else dlib, else FaceMesh)")
+        s.add_argument("--fan-weights", default=None, help="face-alignment 2DFAN-4 weights file")
+
     s = sub.add_parser("invert", help="invert photos: crop, camera, w+/F*, reconstruction, depth, views, video, mesh",
                        formatter_class=argparse.RawDescriptionHelpFormatter, description=INVERT_HELP)
     s.add_argument("inputs", nargs="+", help="photos or folders of photos")
@@ -57,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--mesh", action="store_true", help="write a PLY mesh of the (mixed) tri-plane density")
     s.add_argument("--mesh-res", type=int, default=96, help="marching-cubes grid size per axis")
     s.add_argument("--no-mix", action="store_true", help="render the AFA tri-plane without the occlusion-aware mix")
-    s.add_argument("--detector", default="mtcnn", choices=["mtcnn", "fan"])
+    detector_args(s)
     s.add_argument("--min-face", type=int, default=32, help="smallest face box side (px) to accept")
     models_args(s)
     s.set_defaults(fn=cmd_invert)
@@ -69,9 +76,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--alpha", type=float, nargs="+", default=[-2.0, 0.0, 2.0])
     s.add_argument("--views", type=int, default=3)
     s.add_argument("--out", required=True)
-    s.add_argument("--detector", default="mtcnn", choices=["mtcnn", "fan"])
+    detector_args(s)
     models_args(s)
     s.set_defaults(fn=cmd_edit)
+
+    s = sub.add_parser("pose", help="crop + EG3D camera only (no inversion) → dataset.json with provenance")
+    s.add_argument("inputs", nargs="+", help="photos or folders of photos")
+    s.add_argument("--out", required=True, help="dataset.json to write (crops and report.json go beside it)")
+    s.add_argument("--size", type=int, default=512, help="crop size")
+    s.add_argument("--pose-depth", default="facemesh", choices=["facemesh", "none"])
+    s.add_argument("--device", default="cpu")
+    detector_args(s)
+    s.set_defaults(fn=cmd_pose)
 
     s = sub.add_parser("convert-eg3d", help="NVIDIA EG3D pickle → safetensors + JSON (no NVIDIA code is run)")
     s.add_argument("pkl")

@@ -77,7 +77,10 @@ class AssetsConfig:
 
 @dataclass
 class PrepareConfig:
-    detector: Literal["mtcnn", "fan"] = "mtcnn"
+    # 68-point landmarks for the camera: 'auto' = FAN when its weights are found, else dlib 68, else FaceMesh
+    detector: Literal["auto", "fan", "dlib68", "mediapipe68", "mtcnn"] = "auto"
+    fan_weights: Optional[str] = None      # face-alignment 2DFAN-4 file (else $GOAE_FAN_WEIGHTS / its cache)
+    pose_depth: Literal["facemesh", "none"] = "facemesh"  # the face's own depth for the rotation (pose.fit_camera)
     output_size: int = field(default=512, metadata=_rng(64))
     min_face_px: int = field(default=32, metadata=_rng(1))
     flip: bool = False

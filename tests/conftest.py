@@ -49,6 +49,11 @@ def goae_fixture() -> Path:
 
 
 @pytest.fixture
+def real_faces_fixture() -> Path:
+    return fixture_dir("real_faces")
+
+
+@pytest.fixture
 def one_thread():
     """Run a test at 1 torch thread (tiny ops are faster so on a shared 2-core box), then restore."""
     n = torch.get_num_threads()

@@ -46,7 +46,7 @@ def stand_in(tmp_path_factory):
 @pytest.fixture
 def goae(monkeypatch, tmp_path, detector, stand_in):
     """Run `goae ARGS` in-process from a bare cwd; returns the exit status."""
-    monkeypatch.setattr(photos_mod, "build_detector", lambda name, device: detector)
+    monkeypatch.setattr(photos_mod, "build_detector", lambda name, device, fan_weights=None: detector)
     monkeypatch.setattr(app, "load_models", lambda *a, **k: stand_in)
     monkeypatch.chdir(tmp_path)
     return lambda *args: cli.main([str(a) for a in args] + (["--device", "cpu"] if args[0] in
@@ -76,7 +76,7 @@ def _png(path: Path) -> np.ndarray:
 # -------------------------------------------------------------------------------------------- help
 
 @pytest.mark.parametrize("sub, flags", [
-    (None, ["invert", "edit", "convert-eg3d", "convert-goae", "sample", "sync-exps", "Exit status"]),
+    (None, ["invert", "edit", "pose", "convert-eg3d", "convert-goae", "sample", "sync-exps", "Exit status"]),
     ("invert", ["--out", "--views", "--video", "--video-frames", "--mesh", "--mesh-res", "--models", "--goae",
                 "--detector", "--device", "report.json", "Exit status", "untrained"]),
     ("edit", ["--direction", "--alpha", "--views", "--out", "--models", "Eq. 9"]),
@@ -239,6 +239,27 @@ def test_invert_all_bad_exit_2(goae, bad_dir, tmp_path):
     files = _report(out)["files"]
     assert files["missing.jpg"]["reason"] == "not_found"
     assert all(r["status"] != "ok" for r in files.values()) and len(files) == len(bad)
+
+
+def test_pose_writes_dataset_json_with_provenance(goae, bad_dir, real_photos, tmp_path, capsys):
+    """`goae pose`: crops + EG3D dataset.json (labels + per-image provenance) + report.json, no inversion;
+    every broken file named with its reason, exit 1 when some failed."""
+    d, expected = bad_dir
+    out = tmp_path / "poses" / "cams.json"
+    assert goae("pose", real_photos, d / "blank.png", d / "notes.txt", "--out", out, "--size", "256") == 1
+    data = json.loads(out.read_text())
+    names = {n for n, _ in data["labels"]}
+    assert names == {"astronaut.png", "grace_hopper.png"} and set(data["provenance"]) == names
+    assert all(len(lab) == 25 and lab[16] == pytest.approx(4.2647) for _, lab in data["labels"])
+    prov = data["provenance"]["astronaut.png"]
+    assert prov["camera"] == "estimated" and prov["landmark_model"] == "mtcnn5" and prov["n_points"] == 5
+    assert not prov["reliable"] and prov["template"] and prov["fit"] == "pnp"   # 5 points: flagged
+    assert all(_png(out.parent / n).shape == (256, 256, 3) for n in names)
+    rep = _report(out.parent)
+    assert rep["files"]["blank.png"]["reason"] == "no_face" and rep["summary"]["failed"] == 2
+    assert rep["summary"]["images_per_s"] > 0
+    printed = capsys.readouterr().out
+    assert "notes.txt: not_an_image" in printed and not (out.parent / "astronaut").exists()
 
 
 def test_invert_name_clash_and_rerun(goae, real_photos, tmp_path):

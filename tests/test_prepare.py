@@ -25,7 +25,7 @@ def detector():
 
 @pytest.fixture
 def shared_detector(monkeypatch, detector):
-    monkeypatch.setattr(photos_mod, "build_detector", lambda name, device: detector)
+    monkeypatch.setattr(photos_mod, "build_detector", lambda name, device, fan_weights=None: detector)
 
 
 @pytest.fixture(scope="module")

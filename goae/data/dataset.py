@@ -20,9 +20,14 @@ from goae.fileio import write_json_atomic  # noqa: F401  (re-exported)
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
-def write_dataset_json(folder: str | Path, labels: list[tuple[str, list[float]]]) -> None:
-    write_json_atomic(Path(folder) / "dataset.json",
-                      {"labels": [[name, [float(v) for v in lab]] for name, lab in labels]})
+def write_dataset_json(folder: str | Path, labels: list[tuple[str, list[float]]], provenance: dict | None = None,
+                       filename: str = "dataset.json") -> None:
+    """EG3D `dataset.json`; `provenance` ({name: how its camera was made}) is an extra key that EG3D's
+    loader (which reads only "labels") ignores."""
+    data = {"labels": [[name, [float(v) for v in lab]] for name, lab in labels]}
+    if provenance is not None:
+        data["provenance"] = provenance
+    write_json_atomic(Path(folder) / filename, data)
 
 
 def read_dataset_json(folder: str | Path) -> list[tuple[str, list[float]]]:

@@ -108,17 +108,81 @@ def project_template(yaw: float, pitch: float, roll: float, crop_size: int, n_po
     return project(template_points(n_points), lookat_cam2world(yaw, pitch, roll), crop_size)
 
 
+# Which template a label was fitted with (recorded in every label's provenance).
+TEMPLATE_ID = {5: "ibug68-mean-5pt/bfm-placed/3dface2idr-world", 68: "ibug68-mean/bfm-placed/3dface2idr-world"}
+
+# A fit is flagged unreliable (label kept, flag recorded) beyond these limits.
+MAX_RELIABLE_YAW_DEG = 60.0      # profile: half the face and most of the jaw line are hidden
+MIN_VISIBLE_POINTS = 20          # of 68 with FAN confidence >= VISIBLE_CONFIDENCE
+VISIBLE_CONFIDENCE = 0.2
+MAX_RMS_FRACTION = 0.04          # rigid-template RMS above 4% of the crop side (real frontal faces: 1-2.3%,
+                                 # jaw silhouette and expression): the landmarks are not a face like the template
+
+
 @dataclass
 class PoseFit:
     cam2world: np.ndarray   # [4,4], radius-normalised
     label: np.ndarray       # [25] float32
     rms_px: float           # reprojection RMS of the unnormalised fit
     distance: float         # camera-to-world-origin distance before normalisation
+    n_points: int = 5       # landmarks used
+    method: str = "pnp"     # 'pnp' (template depth) or 'depth-procrustes' (the face's measured depth)
+    pnp_rms_px: float = -1.0  # RMS of the best rigid template fit: how well landmarks and template agree
+
+    def quality(self, crop_size: int, visible: int | None = None) -> dict:
+        """Per-image pose quality for report.json / dataset.json provenance: `reliable` is False with
+        the reasons in `flags` when the camera should not be trusted like an official one."""
+        yaw, pitch, roll = (float(np.degrees(a)) for a in yaw_pitch_roll(self.label))
+        visible = self.n_points if visible is None else int(visible)
+        flags = []
+        if abs(yaw) > MAX_RELIABLE_YAW_DEG:
+            flags.append(f"profile: |yaw| {abs(yaw):.0f} deg > {MAX_RELIABLE_YAW_DEG:.0f}")
+        if self.n_points < 68:
+            flags.append(f"only {self.n_points} landmarks (no 68-point model)")
+        elif visible < MIN_VISIBLE_POINTS:
+            flags.append(f"few visible points: {visible} < {MIN_VISIBLE_POINTS}")
+        agree = self.pnp_rms_px if self.pnp_rms_px >= 0 else self.rms_px
+        if agree > MAX_RMS_FRACTION * crop_size:
+            flags.append(f"landmarks fit the template badly: RMS {agree:.1f} px > {MAX_RMS_FRACTION * crop_size:.1f}")
+        return {"template": TEMPLATE_ID[self.n_points], "fit": self.method, "n_points": self.n_points, "visible_points": visible,
+                "reprojection_rms_px": round(self.rms_px, 3), "template_fit_rms_px": round(agree, 3), "yaw_pitch_roll_deg": [yaw, pitch, roll],
+                "reliable": not flags, "flags": flags}
 
 
-def fit_camera(points_2d: np.ndarray, crop_size: int, mode: str = "orig") -> PoseFit:
-    """Rigid PnP of the world template to 5 (EG3D order) or 68 (iBUG) landmarks in an EG3D crop.
+def rotation_from_depth(obj: np.ndarray, cloud: np.ndarray) -> np.ndarray:
+    """[3,3] world->camera rotation of the similarity (Umeyama/Kabsch) that best maps the template's
+    world points onto the face's own 3D points in camera axes (x right, y down, z away, one unit)."""
+    a, b = obj - obj.mean(0), cloud - cloud.mean(0)
+    u, _, vt = np.linalg.svd(b.T @ a)
+    d = np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt))])
+    return u @ d @ vt
 
+
+def _rms(obj, r_w2c, tvec, pts, k) -> float:
+    q = (obj @ r_w2c.T + tvec) @ k.T
+    return float(np.sqrt(((q[:, :2] / q[:, 2:3] - pts) ** 2).sum(1).mean()))
+
+
+def _translation_for(r_w2c: np.ndarray, obj: np.ndarray, pts: np.ndarray, k: np.ndarray, t0: np.ndarray) -> np.ndarray:
+    """Camera translation that best reprojects the template onto the landmarks with the rotation fixed."""
+    from scipy.optimize import least_squares
+    xc = obj @ r_w2c.T
+
+    def resid(t):
+        q = (xc + t) @ k.T
+        return (q[:, :2] / q[:, 2:3] - pts).ravel()
+    return least_squares(resid, t0, method="lm").x
+
+
+def fit_camera(points_2d: np.ndarray, crop_size: int, mode: str = "orig", depth: np.ndarray | None = None) -> PoseFit:
+    """Camera of an EG3D crop from 5 (EG3D order) or 68 (iBUG) landmarks.
+
+    Without `depth`: rigid PnP of the world template. With `depth` ([68] per-landmark depth in crop
+    pixels, larger = farther, any offset; e.g. FaceMesh z): the rotation is the 3D similarity fit of
+    the template to the face's own (x, y, depth) points, so the face's nose and jaw depth are measured
+    instead of assumed (the template's depth profile otherwise turns into pitch: a flatter or deeper
+    face than the template reads as a camera above or below), and the translation is the perspective
+    reprojection fit with that rotation.
     The world->camera fit is inverted to cam2world, so the template renders at the landmarks; then
     the camera is moved to radius 2.7: mode 'orig' scales its position (EG3D fix_pose_orig),
     mode 'lookat' slides it along its optical axis until it looks exactly at the pivot.
@@ -132,12 +196,24 @@ def fit_camera(points_2d: np.ndarray, crop_size: int, mode: str = "orig") -> Pos
         raise RuntimeError("solvePnP (SQPNP) failed")
     ok, rvec, tvec = cv2.solvePnP(obj, pts, k, None, rvec, tvec, useExtrinsicGuess=True,
                                   flags=cv2.SOLVEPNP_ITERATIVE)
-    proj, _ = cv2.projectPoints(obj, rvec, tvec, k, None)
-    rms = float(np.sqrt(((proj.reshape(-1, 2) - pts) ** 2).sum(1).mean()))
-    r_w2c = cv2.Rodrigues(rvec)[0]
-    if ((obj @ r_w2c.T + tvec.reshape(3))[:, 2] <= 0).any():
+    r_w2c, tvec = cv2.Rodrigues(rvec)[0], tvec.reshape(3)
+    pnp_rms = _rms(obj, r_w2c, tvec, pts, k)
+    method = "pnp"
+    if depth is not None:
+        z = np.asarray(depth, dtype=np.float64).reshape(-1)
+        if z.shape[0] != pts.shape[0]:
+            raise ValueError(f"depth has {z.shape[0]} values for {pts.shape[0]} landmarks")
+        # undo the perspective of x, y: a point dz farther than the mean is drawn smaller by
+        # 1 + dz / Z0, and dz / Z0 = (z - mean z) / f_px when z is in pixels at the face's scale
+        ratio = 1.0 + (z - z.mean()) / k[0, 0]
+        cloud = np.concatenate([(pts - k[:2, 2]) * ratio[:, None], z[:, None]], 1)
+        r_w2c = rotation_from_depth(obj, cloud)
+        tvec = _translation_for(r_w2c, obj, pts, k, tvec)
+        method = "depth-procrustes"
+    rms = _rms(obj, r_w2c, tvec, pts, k)
+    if ((obj @ r_w2c.T + tvec)[:, 2] <= 0).any():
         raise RuntimeError("pose fit put the face behind the camera; landmarks are inconsistent")
-    rot, c = r_w2c.T, -r_w2c.T @ tvec.reshape(3)
+    rot, c = r_w2c.T, -r_w2c.T @ tvec
     dist = float(np.linalg.norm(c))
     if mode == "orig":
         c = c * (RADIUS / dist)
@@ -150,7 +226,38 @@ def fit_camera(points_2d: np.ndarray, crop_size: int, mode: str = "orig") -> Pos
         raise ValueError(f"unknown mode {mode!r}")
     m = np.eye(4)
     m[:3, :3], m[:3, 3] = rot, c
-    return PoseFit(m, make_label(m), rms, dist)
+    return PoseFit(m, make_label(m), rms, dist, len(pts), method, pnp_rms)
+
+
+def camera_elevation(label) -> float:
+    """Elevation (radians, > 0 above) of the camera seen from the pivot (0, 0, 0.2)."""
+    c = np.asarray(label, dtype=np.float64).reshape(-1)[:16].reshape(4, 4)[:3, 3] - PIVOT
+    return float(np.arctan2(c[1], np.hypot(c[0], c[2])))
+
+
+def rotation_error(label_a, label_b) -> float:
+    """Angle (radians) of R_a^T R_b for the cam2world rotations of two labels."""
+    ra = np.asarray(label_a, dtype=np.float64).reshape(-1)[:16].reshape(4, 4)[:3, :3]
+    rb = np.asarray(label_b, dtype=np.float64).reshape(-1)[:16].reshape(4, 4)[:3, :3]
+    return float(np.arccos(np.clip((np.trace(ra.T @ rb) - 1.0) / 2.0, -1.0, 1.0)))
+
+
+def compare_labels(official: dict, ours: dict) -> dict:
+    """Per-image and summary agreement of estimated labels with official ones ({name: label}):
+    rotation error and pitch difference (ours - official elevation about the pivot; > 0: ours higher), deg."""
+    rows = {}
+    for name, lab in ours.items():
+        if name in official:
+            rows[name] = {"rotation_error_deg": float(np.degrees(rotation_error(official[name], lab))),
+                          "pitch_diff_deg": float(np.degrees(camera_elevation(lab) - camera_elevation(official[name]))),
+                          "yaw_diff_deg": float(np.degrees(yaw_pitch_roll(lab)[0] - yaw_pitch_roll(official[name])[0]))}
+    if not rows:
+        raise ValueError("no image has both an official and an estimated label")
+    err = np.array([r["rotation_error_deg"] for r in rows.values()])
+    pd = np.array([r["pitch_diff_deg"] for r in rows.values()])
+    return {"n": len(rows), "median_rotation_error_deg": float(np.median(err)),
+            "max_rotation_error_deg": float(err.max()), "mean_pitch_diff_deg": float(pd.mean()),
+            "sd_pitch_diff_deg": float(pd.std()), "images": rows}
 
 
 def label_from_landmarks(points_2d: np.ndarray, crop_size: int, mode: str = "orig") -> np.ndarray:

@@ -40,7 +40,7 @@ def passthrough_split(src: Path, dst: Path, size: int) -> dict:
             report[name] = {"status": "skipped", "reason": "unreadable", "detail": str(e)}
             continue
         kept.append((str(Path(name).with_suffix(".png")), lab))
-        report[name] = {"status": "ok"}
+        report[name] = {"status": "ok", "camera": "official"}  # the dataset's own label, unchanged
     write_dataset_json(dst, kept)
     for extra in ("depth",):
         if (src / extra).is_dir():
@@ -65,7 +65,8 @@ def prepare_split(src: Path, dst: Path, p: Params, device, log=print) -> dict:
         files = sorted(f for f in src.rglob("*") if f.is_file())
         report = prepare_photos(files, dst, detector=p.prepare.detector, output_size=p.prepare.output_size,
                                 min_face_px=p.prepare.min_face_px, flip=p.prepare.flip,
-                                roll_align=p.prepare.roll_align, device=device, root=src)
+                                roll_align=p.prepare.roll_align, device=device, root=src,
+                                fan_weights=p.prepare.fan_weights, pose_depth=p.prepare.pose_depth)
     write_json_atomic(dst / "report.json", {"summary": _summarise(report), "files": report})
     return _summarise(report)
 
