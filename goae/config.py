@@ -117,6 +117,7 @@ class LossConfig:
     d_rows: Literal["all", "base"] = "all"                      # paper: every w_i; release: row 0
     canonical: Literal["paper", "release"] = "paper"            # w_c pose: static vs yaw/pitch jitter
     d_avg: Literal["scalar", "map"] = "scalar"                  # Eq. 4 target: mean or per-pixel map
+    stage2_bg: bool = True                                      # paper §4.2: λ5·L_BG in stage 2 too; release: off
 
 
 @dataclass
