@@ -80,6 +80,7 @@ class PrepareConfig:
     min_face_px: int = field(default=32, metadata=_rng(1))
     flip: bool = False
     roll_align: bool = False
+    mead_yaw: Literal["auto", "names", "camera"] = "auto"   # MEAD meta.json: yaw from camera names or fit (goae.data.mead)
 
 
 @dataclass

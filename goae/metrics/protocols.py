@@ -117,12 +117,13 @@ def load_split(folder: str | Path, kind: str, n: int, resolution: int, opacity_m
         idx, ids, id_names, yaws = list(range(min(n, len(ds)))), [], [], []
     elif kind == "mead":
         meta = json.loads((Path(folder) / "meta.json").read_text())
-        by_stem = {Path(ds.name(i)).stem: i for i in range(len(ds))}
+        # by the path without extension: a real MEAD layout repeats stems (M003/front/001, M003/left_30/001)
+        by_stem = {Path(ds.name(i)).with_suffix("").as_posix(): i for i in range(len(ds))}
         id_names = sorted(meta["identities"])[:n]
         yaws = [float(y) for y in meta["yaws_deg"]]
         idx, ids = [], []
         for k in id_names:
-            views = [by_stem[Path(v).stem] for v in meta["identities"][k]]
+            views = [by_stem[Path(v).with_suffix("").as_posix()] for v in meta["identities"][k]]
             if len(views) != len(yaws):
                 raise ValueError(f"{folder}: identity {k} has {len(views)} views for {len(yaws)} yaws")
             ids.append(list(range(len(idx), len(idx) + len(views))))
