@@ -4,8 +4,10 @@ Protocols (paper §5.2; facts §4):
   celeba  input-view reconstruction of the test split (first `n` images, in dataset.json order):
           MSE (per image mean over C,H,W of images in [-1,1], so range [0,4]: the pSp/e4e scale Table 1 uses),
           LPIPS (alex v0.1), FID (renders vs the inputs), ID (ArcFace cosine), Geo. Err. (rendered depth vs
-          the exact depth `depth/<stem>.npy`, face region = GT opacity `depth/<stem>.opacity.npy` >= 0.4, all
-          pixels when there is no opacity file), time per image (invert + input-view render of one image,
+          the exact or user-supplied pseudo-GT depth `depth/<stem>.npy` in the convention of
+          `depth/convention.json` (goae.metrics.geometry), face region = pixels where that reference is defined,
+          further restricted to GT opacity `depth/<stem>.opacity.npy` >= 0.4 where one exists; no depth -> null
+          and the protocol block says why), time per image (invert + input-view render of one image,
           device-synchronised, warm-up excluded).
   mead    per identity, invert a source view (yaw 0 or ±60) and render each OTHER view of that identity at
           its camera; compare with the real views: LPIPS, FID, ID, Geo. Err. Metrics are computed per
@@ -29,7 +31,7 @@ import torch
 
 from goae.data.dataset import LabeledImages
 from goae.metrics.fid import fid_from_features, inception_features
-from goae.metrics.geometry import geometry_error
+from goae.metrics.geometry import DepthConvention, geometry_error, ray_to_z
 from goae.metrics.identity import id_similarity
 from goae.metrics.image import lpips_distance, mse
 from goae.metrics.timing import time_per_image
@@ -80,6 +82,8 @@ class SplitData:
     identity_names: list[str] = field(default_factory=list)
     yaws: list[float] = field(default_factory=list)
     cache: dict = field(default_factory=dict, repr=False)       # reference Inception features
+    depth_convention: Any = None            # goae.metrics.geometry.DepthConvention of `depth`
+    depth_note: str = ""                    # how Geo. Err. is computed, or why it is not available
 
 
 @dataclass
@@ -96,17 +100,31 @@ class MetricNets:
 # ------------------------------------------------------------------------------------------- data
 
 def _depth_and_face(ds: LabeledImages, idx: list[int], opacity_min: float):
+    """(depth [N,1,h,w] larger = farther, face [N,1,h,w], convention, note). The face region is where the
+    reference is defined (goae.metrics.geometry.DepthConvention), further restricted to opacity >=
+    `opacity_min` where an opacity map exists; no depth for some image -> (None, None, None, why)."""
+    folder = ds.folder / "depth"
+    if not folder.is_dir():
+        return None, None, None, f"no pseudo-GT depth: {folder} does not exist"
+    conv = DepthConvention.read(folder)
     depths, faces = [], []
     for i in idx:
         d = ds.load_depth(i)
-        if d is None:
-            return None, None   # no pseudo-GT for part of the split: Geo. Err. undefined (NaN), not biased
-        op = ds.folder / "depth" / (Path(ds.name(i)).stem + ".opacity.npy")
-        face = (torch.from_numpy(np.load(op)).float()[None] >= opacity_min) if op.is_file() \
-            else torch.ones_like(d, dtype=torch.bool)
+        if d is None:   # no pseudo-GT for part of the split: Geo. Err. undefined (NaN), not biased
+            return None, None, None, f"no pseudo-GT depth for {ds.name(i)} (depth/<stem>.npy)"
+        d = conv.reference(d)
+        face = torch.isfinite(d)
+        op = folder / (Path(ds.name(i)).stem + ".opacity.npy")
+        if op.is_file():
+            face &= torch.from_numpy(np.load(op)).float()[None] >= opacity_min
         depths.append(d)
         faces.append(face)
-    return torch.stack(depths), torch.stack(faces)
+    sizes = {tuple(d.shape) for d in depths}
+    if len(sizes) > 1:
+        raise ValueError(f"{folder}: depth maps of different sizes {sorted(sizes)}; use one resolution")
+    return torch.stack(depths), torch.stack(faces), conv, f"{conv.describe()}; face = defined pixels" + \
+        (f" with opacity >= {opacity_min} where depth/<stem>.opacity.npy exists" if any(
+            (folder / (Path(ds.name(i)).stem + ".opacity.npy")).is_file() for i in idx) else "")
 
 
 def load_split(folder: str | Path, kind: str, n: int, resolution: int, opacity_min: float = 0.4) -> SplitData:
@@ -133,9 +151,9 @@ def load_split(folder: str | Path, kind: str, n: int, resolution: int, opacity_m
     if not idx:
         raise ValueError(f"{folder}: no {kind} samples")
     b = ds.batch(idx)
-    depth, face = _depth_and_face(ds, idx, opacity_min)
+    depth, face, conv, note = _depth_and_face(ds, idx, opacity_min)
     return SplitData(kind, str(folder), b["image"], b["label"], [ds.name(i) for i in idx], depth, face,
-                     ids, id_names, yaws)
+                     ids, id_names, yaws, depth_convention=conv, depth_note=note)
 
 
 # ------------------------------------------------------------------------------------- randomness
@@ -183,8 +201,11 @@ def fid_subspace(f1: np.ndarray, f2: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 
 def _geo(depth: torch.Tensor, data: SplitData, idx: list[int]) -> float:
+    """Rendered ray-distance depth at the cameras of `idx` vs their pseudo-GT, in the GT's convention."""
     if data.depth is None:
         return math.nan
+    if data.depth_convention.kind == "z":
+        depth = ray_to_z(depth, data.labels[idx])
     return _nanmean(geometry_error(depth, data.depth[idx], data.face[idx]))
 
 
@@ -444,11 +465,14 @@ def protocol_block(p, protos: dict, data: dict, methods) -> dict:
                         "identical for every method",
         "celeba": {"folder": c.folder, "n_images": c.images.shape[0], "requested": p.eval.n_celeba,
                    "selection": "first n of dataset.json", "resolution": c.images.shape[-1],
-                   "geo_err_available": c.depth is not None},
+                   "geo_err_available": c.depth is not None, "geo_err": c.depth_note,
+                   "depth_resolution": None if c.depth is None else list(c.depth.shape[-2:])},
         "mead": {"folder": md.folder, "n_identities": nm, "requested": p.eval.n_mead_ids,
                  "identities": md.identity_names, "yaws_deg": md.yaws,
                  "groups": {k: list(v) for k, v in protos["mead"].groups.items()},
-                 "pairs_per_source": nm * (len(md.yaws) - 1), "geo_err_available": md.depth is not None},
+                 "pairs_per_source": nm * (len(md.yaws) - 1), "geo_err_available": md.depth is not None,
+                 "geo_err": md.depth_note,
+                 "depth_resolution": None if md.depth is None else list(md.depth.shape[-2:])},
         "methods": [m.name for m in methods],
         "optim": {"w_steps": p.eval.optim_w_steps, "g_steps": p.eval.optim_g_steps,
                   "init": "w_avg", "timing": "1 warm-up + 1 timed image"},
@@ -459,8 +483,10 @@ def protocol_block(p, protos: dict, data: dict, methods) -> dict:
             "fid": f"Inception pool3 (goae.metrics.fid), renders vs real; N={c.images.shape[0]} (celeba), "
                    f"{nm * (len(md.yaws) - 1)} per mead source: N << 2048, indicative only",
             "id": "cosine of ArcFace IR-SE50 embeddings (e4e recipe)",
-            "geo_err": f"goae.metrics.geometry vs depth/<stem>.npy; face = opacity >= "
-                       f"{protos['celeba'].opacity_min} (all pixels without opacity file)",
+            "geo_err": "goae.metrics.geometry vs depth/<stem>.npy (convention: depth/convention.json); face = "
+                       "pixels where the pseudo-GT is defined (and opacity >= "
+                       f"{protos['celeba'].opacity_min} where an opacity map exists); null when unavailable, "
+                       "see celeba.geo_err / mead.geo_err",
             "time_s": "seconds per image: invert + input-view render of 1 image, device-synchronised median "
                       f"of {protos['celeba'].timing_repeats} after {protos['celeba'].timing_warmup} warm-up",
             "mead": "source view inverted, every other view of the identity rendered at its camera; "
