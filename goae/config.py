@@ -68,6 +68,7 @@ class AssetsConfig:
     bisenet: Optional[str] = None
     swin: Optional[str] = None
     lpips_alexnet: Optional[str] = None
+    lpips_vgg: Optional[str] = None     # PTI's LPIPS-VGG trunk (eval.optim_recipe: pti)
     inception: Optional[str] = None
     allow_fallbacks: list[str] = field(default_factory=lambda: ["embedded", "packaged", "random"])
     random_arcface: Literal["ir_se50", "tiny"] = "ir_se50"  # the 'random' ArcFace stand-in's size
@@ -141,8 +142,9 @@ class StageConfig:
 
 @dataclass
 class MixConfigP:
-    planes: Literal["all", "xy"] = "all"          # paper: all three planes; release: XY only
-    blur: Literal["fixed", "random"] = "fixed"    # release: σ ~ U[1,2] per call
+    # all planes + fixed blur is OUR READING of the paper's mix (Eqs. 7-8 name neither); release: xy + random
+    planes: Literal["all", "xy"] = "all"          # interpretation: all three planes; release: XY only
+    blur: Literal["fixed", "random"] = "fixed"    # interpretation: fixed σ; release: σ ~ U[1,2] per call
     sigma: float = field(default=1.5, metadata=_rng(0.0))
     threshold: float = field(default=0.35, metadata=_rng(0.0, 1.0))
     kernel: int = field(default=9, metadata=_rng(1))
@@ -158,6 +160,9 @@ class EvalConfig:
     fid: bool = True
     seed: int = field(default=0, metadata=_rng(0))
     extra_encoders: list[str] = field(default_factory=list)
+    metric_size: Optional[int] = field(default=None, metadata=_rng(16))  # MSE/LPIPS resolution (pSp: 256); null = native
+    optim_recipe: Literal["pti_like", "pti"] = "pti_like"  # pti: w, LPIPS-VGG (PTI); pti_like: w+, LPIPS-alex
+    official_mix: Literal["release", "params"] = "release"  # goae_official row: the release's mix, or mix.*
 
 
 @dataclass

@@ -91,10 +91,14 @@ class MetricNets:
     lpips: Any                  # goae.metrics.image.LPIPSNet
     arcface: Any                # goae.nets.arcface.IRSE50
     inception: Any | None       # goae.metrics.fid.Inception (None: FID off)
+    lpips_vgg: Any | None = None  # PTI's loss net (eval.optim_recipe: pti); not a metric
 
     def provenance(self) -> dict:
-        return {"lpips": self.lpips.provenance, "arcface": self.arcface.provenance,
-                "inception": self.inception.provenance if self.inception is not None else "disabled"}
+        out = {"lpips": self.lpips.provenance, "arcface": self.arcface.provenance,
+               "inception": self.inception.provenance if self.inception is not None else "disabled"}
+        if self.lpips_vgg is not None:
+            out["lpips_vgg"] = self.lpips_vgg.provenance
+        return out
 
 
 # ------------------------------------------------------------------------------------------- data
@@ -347,7 +351,14 @@ def build_metric_nets(p, device, provenance: dict) -> MetricNets:
     if p.eval.fid:
         r = resolve(p, "inception", provenance)        # a file, or the packaged TorchScript trunk
         inc = load_inception(r.path).to(device)
-    return MetricNets(lp, net, inc)
+    vgg = None
+    if "optim" in p.eval.methods and p.eval.optim_recipe == "pti":
+        from goae.metrics.image import TRUNK_FILES, torch_hub_file
+        path = asset(p, "lpips_vgg", provenance) if p.assets.lpips_vgg else torch_hub_file(TRUNK_FILES["vgg"])
+        if path is None:
+            resolve(p, "lpips_vgg", provenance)         # the allowed fallback ('random'), or a clear error
+        vgg = build_lpips(net="vgg", trunk_path=path, seed=0).to(device)
+    return MetricNets(lp, net, inc, vgg)
 
 
 class GOAEInverter:
@@ -381,6 +392,56 @@ def generator_weights(gprov) -> str:
     return json.dumps(gprov, sort_keys=True, separators=(",", ":")) if isinstance(gprov, dict) else str(gprov)
 
 
+MIX_INTERPRETATION = ("all three planes with a fixed blur is this project's reading of the paper's "
+                      "occlusion-aware mix (Eqs. 7-8 do not say which planes or which blur); the release mixes "
+                      "plane 0 (XY) with σ ~ U[1,2] per call (mix.planes: xy, mix.blur: random)")
+RELEASE_MIX = dict(planes="xy", blur="random", sigma=1.5, threshold=0.35, kernel=9)   # facts §3.6
+
+
+def mix_label(mix) -> str:
+    """The mix a row used, with 'paper reading (interpretation)' or 'release recipe' spelled out."""
+    kind = ("release recipe" if (mix.planes, mix.blur) == ("xy", "random") else
+            "interpretation of the paper" if (mix.planes, mix.blur) == ("all", "fixed") else "custom")
+    sigma = "U[1,2]" if mix.blur == "random" else mix.sigma
+    return f"mix(planes={mix.planes},blur={mix.blur},sigma={sigma},threshold={mix.threshold}; {kind})"
+
+
+def build_official(p, G, device, weights: dict):
+    """Row `goae_official`: the released GOAE encoder + AFA (`assets.goae_encoder` / `assets.goae_afa`: the
+    official .pt files, or both pointing at one `goae convert-goae` output `PREFIX.safetensors`) under the
+    same protocol, mixed with the release recipe unless `eval.official_mix: params`. None when unset."""
+    from goae.model.afa import AFA, AFAConfig
+    from goae.model.encoder import Encoder, EncoderConfig
+    from goae.model.goae import GOAE
+    from goae.model.io import resolve
+    from goae.model.mix import MixConfig
+    from goae.model.official import load_converted, load_official_goae
+    if not (p.assets.goae_encoder and p.assets.goae_afa):
+        if p.assets.goae_encoder or p.assets.goae_afa:
+            raise ValueError("assets.goae_encoder and assets.goae_afa: set both (or neither) for goae_official")
+        return None
+    prov: dict = {}
+    enc, afa = (resolve(p, k, prov).path for k in ("goae_encoder", "goae_afa"))
+    if enc.suffix == ".safetensors":      # a converted prefix carries its configs
+        if afa != enc:
+            raise ValueError("assets.goae_encoder/goae_afa: a converted .safetensors must be given for both")
+        enc_sd, afa_sd, meta = load_converted(enc.with_suffix(""))
+        ecfg, acfg = EncoderConfig.from_dict(meta["encoder"]), AFAConfig.from_dict(meta["afa"])
+    else:                                  # the released files: paper configs (SwinV2-B encoder, AFA d=512)
+        ecfg, acfg = EncoderConfig.paper(), AFAConfig.paper()
+        enc_sd, afa_sd = load_official_goae(enc, afa, ecfg, acfg)
+    E, A = Encoder(ecfg), AFA(acfg)
+    E.load_state_dict(enc_sd, strict=True)
+    A.load_state_dict(afa_sd, strict=True)
+    mix = MixConfig(**RELEASE_MIX) if p.eval.official_mix == "release" else \
+        MixConfig(planes=p.mix.planes, blur=p.mix.blur, sigma=p.mix.sigma, threshold=p.mix.threshold,
+                  kernel=p.mix.kernel)
+    weights["goae_official"] = {k: v for k, v in prov.items()}
+    model = GOAE(G, E.eval().requires_grad_(False), A.eval().requires_grad_(False), mix).to(device).eval()
+    return GOAEInverter("goae_official", model, f"G={weights['generator']}; official GOAE E={prov['goae_encoder']} "
+                                                 f"AFA={prov['goae_afa']}; {mix_label(mix)}")
+
+
 @dataclass
 class Evaluation:
     results: dict            # protocol -> method -> row
@@ -401,25 +462,33 @@ def build_methods(p, G, stage1_dir, stage2_dir, nets: MetricNets, device, weight
     built = {}
     if any(k.startswith("goae") for k in p.eval.methods):
         E = load_encoder(stage1_dir, device)
-        weights["encoder"], _ = _ckpt_weights(Path(stage1_dir) / "encoder")
+        weights["encoder"], prov = _ckpt_weights(Path(stage1_dir) / "encoder")
+        weights.setdefault("training", {})["stage1"] = prov     # what trained E (Swin init, mask, loss nets)
         A = None
         if {"goae", "goae_nomix"} & set(p.eval.methods):
             A = load_afa(stage2_dir, device)
-            weights["afa"], _ = _ckpt_weights(Path(stage2_dir) / "afa")
+            weights["afa"], prov = _ckpt_weights(Path(stage2_dir) / "afa")
+            weights["training"]["stage2"] = prov
         model = GOAE(G, E, A, mix).to(device).eval()
         ge = f"G={g}; E={weights['encoder']}"
-        mixs = f"mix(planes={mix.planes},blur={mix.blur},sigma={mix.sigma},threshold={mix.threshold})"
+        mixs = mix_label(mix)
         if A is not None:
             built["goae"] = GOAEInverter("goae", model, f"{ge}; AFA={weights['afa']}; {mixs}")
             built["goae_nomix"] = GOAEInverter("goae_nomix", model, f"{ge}; AFA={weights['afa']}; no mix "
                                                                    "(F* tri-plane)", use_mix=False)
         built["goae_wplus"] = GOAEInverter("goae_wplus", model, f"{ge}; w+ only", use_afa=False)
     if "optim" in p.eval.methods:
-        cfg = OptimConfig(w_steps=p.eval.optim_w_steps, g_steps=p.eval.optim_g_steps,
-                          lambda_l2=p.loss.lambda1, lambda_lpips=p.loss.lambda2)
-        built["optim"] = OptimInverter(G, cfg, nets.lpips, weights=f"G={g} (copied, fine-tuned per image); "
-                                                                   f"{cfg.describe()}; lpips={nets.lpips.provenance}")
+        cfg = OptimConfig.recipe(p.eval.optim_recipe, p.eval.optim_w_steps, p.eval.optim_g_steps,
+                                 p.loss.lambda1, p.loss.lambda2)
+        lp = nets.lpips_vgg if cfg.lpips_net == "vgg" else nets.lpips
+        if lp is None:
+            raise ValueError("eval.optim_recipe: pti needs the LPIPS-VGG net (build_metric_nets builds it)")
+        built["optim"] = OptimInverter(G, cfg, lp, weights=f"G={g} (copied, fine-tuned per image); "
+                                                           f"{cfg.describe()}; lpips={lp.provenance}")
     methods = [built[k] for k in p.eval.methods]
+    official = build_official(p, G, device, weights)
+    if official is not None:
+        methods.append(official)
     for path in p.eval.extra_encoders:
         E = load_encoder(path, device)
         w, _ = _ckpt_weights(Path(path) / "encoder")
@@ -443,6 +512,7 @@ def run_evaluation(p, G, gprov, stage1_dir, stage2_dir, celeba_dir, mead_dir, de
     weights = {"generator": generator_weights(gprov), **nets.provenance(), "assets": prov}
     methods = build_methods(p, G, stage1_dir, stage2_dir, nets, device, weights)
     res = G.img_resolution
+    protocol_kw.setdefault("metric_size", p.eval.metric_size)
     protos = {k: EvalProtocol(k, seed=p.eval.seed, fid=p.eval.fid, **protocol_kw) for k in ("celeba", "mead")}
     data = {"celeba": load_split(celeba_dir, "celeba", p.eval.n_celeba, res, protos["celeba"].opacity_min),
             "mead": load_split(mead_dir, "mead", p.eval.n_mead_ids, res, protos["mead"].opacity_min)}
@@ -457,8 +527,12 @@ def run_evaluation(p, G, gprov, stage1_dir, stage2_dir, celeba_dir, mead_dir, de
 
 
 def protocol_block(p, protos: dict, data: dict, methods) -> dict:
+    from goae.model.mix import MixConfig
     c, md = data["celeba"], data["mead"]
     nm = len(md.identities)
+    size = protos["celeba"].metric_size
+    msize = (f"{size}x{size} (bilinear, antialiased resize of both images)" if size else
+             f"native {c.images.shape[-1]}x{c.images.shape[-1]}")
     return {
         "seed": p.eval.seed,
         "render_seeds": "sha256(eval.seed, protocol, purpose, chunk, view) -> torch.Generator per render; "
@@ -474,12 +548,16 @@ def protocol_block(p, protos: dict, data: dict, methods) -> dict:
                  "geo_err": md.depth_note,
                  "depth_resolution": None if md.depth is None else list(md.depth.shape[-2:])},
         "methods": [m.name for m in methods],
-        "optim": {"w_steps": p.eval.optim_w_steps, "g_steps": p.eval.optim_g_steps,
+        "optim": {"recipe": p.eval.optim_recipe, "w_steps": p.eval.optim_w_steps, "g_steps": p.eval.optim_g_steps,
                   "init": "w_avg", "timing": "1 warm-up + 1 timed image"},
+        "mix": {"params": mix_label(p.mix), "note": MIX_INTERPRETATION,
+                "goae_official": (mix_label(MixConfig(**RELEASE_MIX)) if p.eval.official_mix == "release"
+                                  else "mix.* (as the goae row)")},
+        "metric_resolution": msize,
         "conventions": {
             "mse": "per-image mean over C,H,W of squared differences of images in [-1,1] (range [0,4]); "
-                   "renders clamped to [-1,1]; native resolution",
-            "lpips": "lpips v0.1 alex on [-1,1], native resolution",
+                   f"renders clamped to [-1,1]; at {msize}",
+            "lpips": f"lpips v0.1 alex on [-1,1], at {msize}",
             "fid": f"Inception pool3 (goae.metrics.fid), renders vs real; N={c.images.shape[0]} (celeba), "
                    f"{nm * (len(md.yaws) - 1)} per mead source: N << 2048, indicative only",
             "id": "cosine of ArcFace IR-SE50 embeddings (e4e recipe)",
