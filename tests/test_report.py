@@ -77,14 +77,19 @@ class TinyID(torch.nn.Module):
         return torch.nn.functional.normalize(torch.nn.functional.avg_pool2d(x, 8).flatten(1) @ self.w, dim=1)
 
 
-def test_end_to_end_tiny_run_writes_all_methods_and_grids(tmp_path):
+def _tiny_world(root, n_celeba):
+    """Embedded generator, a rendered world under root/w, and an untrained tiny encoder + AFA."""
     torch.manual_seed(0)   # tiny encoder/AFA init only
     G, gcfg = build_embedded_generator(GeneratorConfig(channel_base=512, channel_max=16,
                                                        neural_rendering_resolution=16, depth_resolution=6,
                                                        depth_resolution_importance=6, w_avg_samples=64))
-    render_world(G, DataConfig(n_train=1, n_celeba=2, n_mead_ids=1, mead_yaws_deg=[-60.0, 0.0, 60.0],
-                               photos=False), tmp_path / "w")
-    E, A = Encoder(EncoderConfig.tiny()), AFA(AFAConfig.tiny(d_model=feature_channels(G), heads=4))
+    render_world(G, DataConfig(n_train=1, n_celeba=n_celeba, n_mead_ids=1, mead_yaws_deg=[-60.0, 0.0, 60.0],
+                               photos=False), root / "w")
+    return G, gcfg, Encoder(EncoderConfig.tiny()), AFA(AFAConfig.tiny(d_model=feature_channels(G), heads=4))
+
+
+def test_end_to_end_tiny_run_writes_all_methods_and_grids(tmp_path):
+    G, gcfg, E, A = _tiny_world(tmp_path, 2)
     prov = {"provenance": {"generator": gcfg["provenance"]}, "steps": 0}
     save_module(tmp_path / "s1" / "encoder", E, {"encoder": config_dict(E.cfg), **prov})
     save_module(tmp_path / "s2" / "afa", A, {"afa": config_dict(A.cfg), **prov})
@@ -143,13 +148,7 @@ def test_official_row_pti_recipe_and_metric_size_in_the_evaluation(tmp_path):
     """assets.goae_encoder/afa (one converted file) add a `goae_official` row with the release mix; the PTI
     recipe names its row `pti` and uses LPIPS-VGG; eval.metric_size is applied and recorded."""
     from goae.model.official import save_converted
-    torch.manual_seed(0)
-    G, gcfg = build_embedded_generator(GeneratorConfig(channel_base=512, channel_max=16,
-                                                       neural_rendering_resolution=16, depth_resolution=6,
-                                                       depth_resolution_importance=6, w_avg_samples=64))
-    render_world(G, DataConfig(n_train=1, n_celeba=1, n_mead_ids=1, mead_yaws_deg=[-60.0, 0.0, 60.0],
-                               photos=False), tmp_path / "w")
-    E, A = Encoder(EncoderConfig.tiny()), AFA(AFAConfig.tiny(d_model=feature_channels(G), heads=4))
+    G, gcfg, E, A = _tiny_world(tmp_path, 1)
     save_converted(tmp_path / "off" / "goae", E.state_dict(), A.state_dict(), {"encoder": E.cfg, "afa": A.cfg})
     conv = str(tmp_path / "off" / "goae.safetensors")
     p = params_from_dict({"assets": {"goae_encoder": conv, "goae_afa": conv},
