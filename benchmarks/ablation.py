@@ -115,7 +115,8 @@ def sweep_run(p, k: int, seed: int, stage2_steps: list[int], data: Path, device,
         tmp = Path(tmp)
         G, gcfg = common.load_generator(device=device)
         t0 = time.time()
-        train_stage1(q, data / "train", davg_file(q, G, tmp, device), tmp / "s1", tmp / "st1", tmp / "c1.csv",
+        davg = davg_file(q, G, tmp, device)
+        train_stage1(q, data / "train", davg, tmp / "s1", tmp / "st1", tmp / "c1.csv",
                      device, log=quiet)
         run["stage1_s"] = round(time.time() - t0, 1)
         t_train = [time.time()]
@@ -138,7 +139,7 @@ def sweep_run(p, k: int, seed: int, stage2_steps: list[int], data: Path, device,
             t_train[0] += time.time() - t1   # training time excludes evaluations
 
         train_stage2(q, data / "train", tmp / "s1", tmp / "s2", tmp / "st2", tmp / "c2.csv", device, log=quiet,
-                     on_step=evaluate)
+                     on_step=evaluate, davg_path=davg)
     return run
 
 
@@ -212,7 +213,8 @@ def train_and_evaluate(p, k: int, data: Path, device, log) -> dict:
         t0 = time.time()
         quiet = lambda *a, **kw: None  # noqa: E731
         train_stage1(q, data / "train", davg, tmp / "s1", tmp / "st1", tmp / "c1.csv", device, log=quiet)
-        train_stage2(q, data / "train", tmp / "s1", tmp / "s2", tmp / "st2", tmp / "c2.csv", device, log=quiet)
+        train_stage2(q, data / "train", tmp / "s1", tmp / "s2", tmp / "st2", tmp / "c2.csv", device, log=quiet,
+                     davg_path=davg)
         t_train = time.time() - t0
         ev = run_evaluation(q, G, gcfg.get("provenance"), tmp / "s1", tmp / "s2", data / "celeba", data / "mead",
                             device, log=log)

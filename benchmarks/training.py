@@ -84,7 +84,7 @@ def bench(kind: str, device: torch.device, paper_steps: int) -> tuple[dict, dict
                                               device, log=lambda *_: None, metrics=metrics)
                 else:
                     fn = lambda: train_stage2(p, "data/train", "out1", "out2", ".state2", "curve2.csv", device,  # noqa: E731
-                                              log=lambda *_: None, metrics=metrics)
+                                              log=lambda *_: None, metrics=metrics, davg_path="davg.safetensors")
                 t0 = time.perf_counter()
                 summary = fn()
                 # the loop starts after model building; Trainer.run's own clock gives its length
