@@ -113,7 +113,8 @@ def sweep_run(p, k: int, seed: int, stage2_steps: list[int], data: Path, device,
         tmp = Path(tmp)
         G, gcfg = common.load_generator(GENERATOR, device=device)
         t0 = time.time()
-        train_stage1(q, data / "train", davg_dir(q, G, tmp, device), tmp / "s1", tmp / "st1", tmp / "c1.csv",
+        davg = davg_dir(q, G, tmp, device)
+        train_stage1(q, data / "train", davg, tmp / "s1", tmp / "st1", tmp / "c1.csv",
                      device, generator=GENERATOR, log=quiet)
         run["stage1_s"] = round(time.time() - t0, 1)
         t_train = [time.time()]
@@ -136,7 +137,7 @@ def sweep_run(p, k: int, seed: int, stage2_steps: list[int], data: Path, device,
             t_train[0] += time.time() - t1   # training time excludes evaluations
 
         train_stage2(q, data / "train", tmp / "s1", tmp / "s2", tmp / "st2", tmp / "c2.csv", device,
-                     generator=GENERATOR, log=quiet, on_step=evaluate)
+                     generator=GENERATOR, davg_dir=davg, log=quiet, on_step=evaluate)
     return run
 
 
@@ -210,7 +211,7 @@ def train_and_evaluate(p, k: int, data: Path, device, log) -> dict:
         train_stage1(q, data / "train", davg, tmp / "s1", tmp / "st1", tmp / "c1.csv", device, generator=GENERATOR,
                      log=quiet)
         train_stage2(q, data / "train", tmp / "s1", tmp / "s2", tmp / "st2", tmp / "c2.csv", device,
-                     generator=GENERATOR, log=quiet)
+                     generator=GENERATOR, davg_dir=davg, log=quiet)
         t_train = time.time() - t0
         ev = run_evaluation(q, G, gcfg.get("provenance"), tmp / "s1", tmp / "s2", data / "celeba", data / "mead",
                             device, log=log)

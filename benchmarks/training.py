@@ -85,7 +85,8 @@ def bench(kind: str, device: torch.device, paper_steps: int) -> tuple[dict, dict
                                               metrics=metrics)
                 else:
                     fn = lambda: train_stage2(p, "data/train", "out1", "out2", ".state2", "curve2.csv", device,  # noqa: E731
-                                              generator="models/generator", log=lambda *_: None, metrics=metrics)
+                                              generator="models/generator", davg_dir=".", log=lambda *_: None,
+                                              metrics=metrics)
                 t0 = time.perf_counter()
                 summary = fn()
                 # the loop starts after model building; Trainer.run's own clock gives its length

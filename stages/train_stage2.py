@@ -1,4 +1,4 @@
-"""DVC stage `train_stage2`: AFA with the encoder frozen (Eq. 6, L_ΔF)."""
+"""DVC stage `train_stage2`: AFA with the encoder frozen (Eq. 6, L_ΔF, L_BG)."""
 import os
 
 # Before torch loads OpenMP: spinning threads stall for seconds when the 2 cores are shared.
@@ -8,7 +8,8 @@ from goae.train.stages import train_stage2
 
 
 def main(argv=None) -> None:
-    training_main("train_stage2", train_stage2, "--stage1", "stage-1 weights folder (encoder)", argv)
+    training_main("train_stage2", train_stage2, "--stage1", "stage-1 weights folder (encoder)", argv,
+                  {"--davg-dir": "D_avg folder (written by `davg`); needed for λ5·L_BG (loss.stage2_bg)"})
 
 
 if __name__ == "__main__":

@@ -107,7 +107,8 @@ def test_stage_fingerprint_hashes_only_the_stage_keys():
     assert h("train_stage1") == h("train_stage1", train={"log_every": 1})       # logging only
     assert h("train_stage1") != h("train_stage1", loss={"lambda5": 3.0})
     assert h("train_stage2") != h("train_stage2", loss={"lambda7": 0.001})
-    assert h("train_stage2") == h("train_stage2", loss={"lambda5": 3.0})
+    assert h("train_stage2") != h("train_stage2", loss={"lambda5": 3.0})       # L_BG trains the AFA too (§4.2)
+    assert h("train_stage2") == h("train_stage2", loss={"lambda6": 3.0})       # L_w+: stage 1 only
     assert stage_values(Params())["loss.lambda7"] == 0.0001  # a plain Params: every key
 
 
@@ -141,7 +142,8 @@ def test_a_stage_reading_an_undeclared_key_fails(tmp_path, monkeypatch, stage, d
                             "models/davg", tmp_path / "s1", tmp_path / "st1", tmp_path / "c1.csv", cpu, **args)
         with pytest.raises(UndeclaredParam, match=dropped):
             stages.train_stage2(ParamsView(p, keys, stage), "data/prepared/train", tmp_path / "s1",
-                                tmp_path / "s2", tmp_path / "st2", tmp_path / "c2.csv", cpu, **args)
+                                tmp_path / "s2", tmp_path / "st2", tmp_path / "c2.csv", cpu, davg_dir="models/davg",
+                                **args)
     else:
         with pytest.raises(UndeclaredParam, match=dropped):
             stages.train_stage1(ParamsView(p, keys, stage), "data/prepared/train", "models/davg",

@@ -206,6 +206,8 @@ def test_stage_totals():
     s2 = L.stage2_loss(w, rec, torch.tensor(100.0))
     assert s2["total"].item() == pytest.approx(1.0 + 1e-4 * 100)
     assert L.stage2_loss(w, rec, torch.tensor(0.0), adv_e=torch.tensor(1.0))["total"].item() == pytest.approx(1.05)
+    s2bg = L.stage2_loss(w, rec, torch.tensor(100.0), bg=torch.tensor(0.1))   # §4.2: λ5·L_BG stays in stage 2
+    assert s2bg["total"].item() == pytest.approx(1.0 + 5.0 * 0.1 + 1e-4 * 100) and s2bg["bg"].item() == pytest.approx(0.1)
 
 
 def _stand_in_mapping(num_ws=3):

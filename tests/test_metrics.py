@@ -185,3 +185,45 @@ def test_time_per_image():
     t = time_per_image(lambda b: (calls.append(1), time.sleep(0.01)), torch.zeros(4, 3), "cpu", warmup=2, repeats=3)
     assert len(calls) == 5 and 0.0025 <= t < 0.05
     assert time_per_image(lambda b: b * 2, torch.zeros(8, 3, 16, 16), "cpu") > 0
+
+
+def test_lpips_vgg_trunk_maps_torchvision_features_strictly(tmp_path):
+    """PTI's LPIPS-VGG: torchvision vgg16 `features.*` land in lpips' five slices (strict), provenance says so."""
+    import torchvision
+    from goae.metrics.image import build_lpips
+    feats = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["D"])
+    torch.manual_seed(1)
+    for m in feats.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            torch.nn.init.normal_(m.weight, std=0.05)
+    torch.save({f"features.{k}": v for k, v in feats.state_dict().items()}, tmp_path / "vgg16-397923af.pth")
+    net = build_lpips(net="vgg", trunk_path=tmp_path / "vgg16-397923af.pth")
+    assert "net=vgg" in net.provenance and "trunk=vgg16-397923af.pth" in net.provenance
+    assert torch.equal(getattr(net.inner.net.slice5, "28").weight, feats[28].weight)     # last conv -> slice 5
+    assert torch.equal(getattr(net.inner.net.slice1, "0").weight, feats[0].weight)
+    assert "trunk=random" in build_lpips(net="vgg").provenance
+    torch.save({"features.0.weight": feats[0].weight}, tmp_path / "bad.pth")
+    with pytest.raises(RuntimeError, match="not a torchvision vgg"):
+        build_lpips(net="vgg", trunk_path=tmp_path / "bad.pth")
+
+
+def test_pti_recipe_optimises_one_w_for_every_row():
+    from goae.data.world import build_embedded_generator
+    from goae.config import GeneratorConfig
+    from goae.metrics.baselines import OptimConfig, OptimInverter
+    G, _ = build_embedded_generator(GeneratorConfig(channel_base=256, channel_max=16, neural_rendering_resolution=8,
+                                                    depth_resolution=4, depth_resolution_importance=4,
+                                                    w_avg_samples=16))
+    cfg = OptimConfig.recipe("pti", 2, 0, 1.0, 0.8)
+    assert (cfg.space, cfg.lpips_net, cfg.row_name) == ("w", "vgg", "pti")
+    assert OptimConfig.recipe("pti_like", 2, 0, 1.0, 0.8).row_name == "pti_like"
+    lp = lambda a, b: (a - b).abs().mean((1, 2, 3))   # noqa: E731  (cheap differentiable stand-in)
+    inv = OptimInverter(G, cfg, lp)
+    x = torch.rand(1, 3, G.img_resolution, G.img_resolution) * 2 - 1
+    from goae.eg3d.camera import canonical_camera
+    c = canonical_camera(1)
+    h = inv.invert(x, c, torch.Generator().manual_seed(0))
+    w = h.w_plus[0]
+    assert inv.name == "pti" and w.shape[1] == G.backbone.mapping.num_ws
+    assert torch.equal(w, w[:, :1].expand_as(w))                                # one pivot w, repeated
+    assert not torch.equal(w[0, 0], G.backbone.mapping.w_avg)                   # and it was optimised

@@ -2,7 +2,7 @@
 
 `dvc repro` on the embedded default (every stage must read exactly the params keys dvc.yaml lists for
 it), then, by `dvc status` on the finished clone: loss.lambda7 marks train_stage2 only (→ evaluate),
-loss.lambda5 train_stage1 only (→ stage 2 → evaluate), a whitespace edit of goae/eg3d/renderer.py every
+loss.lambda5 train_stage1 and train_stage2 (L_BG in both; → evaluate), a whitespace edit of goae/eg3d/renderer.py every
 stage that imports it. Then `dvc exp run -S loss.lambda5=3.0`: only train_stage1 onward re-runs, MLflow
 holds two pipeline runs with loss.lambda5 5.0 / 3.0 and different metrics (checked through MlflowClient),
 `dvc exp show --md` lists the experiment, `dvc status` is clean.

@@ -1,4 +1,5 @@
 """Evaluation protocols: one row function for every method, oracle vs w_avg, determinism, data loading."""
+import dataclasses
 import math
 
 import numpy as np
@@ -89,8 +90,8 @@ def test_goae_and_optim_share_the_row_function(world, nets, monkeypatch):
     optim.timing = (0, 1)
     proto = P.EvalProtocol("celeba", **FAST)
     rows = {m.name: P.evaluate_method(m, data, proto, nets, "cpu") for m in (goae, optim)}
-    assert seen == ["goae", "optim"]
-    assert list(rows["goae"]) == list(rows["optim"]) == list(P.CELEBA_KEYS)
+    assert seen == ["goae", "pti_like"]
+    assert list(rows["goae"]) == list(rows["pti_like"]) == list(P.CELEBA_KEYS)
     for r in rows.values():
         assert all(math.isfinite(r[k]) for k in P.CELEBA_KEYS if k != "fid") and math.isnan(r["fid"])
         assert 0 <= r["mse"] <= 4 and r["time_s"] > 0
@@ -193,4 +194,85 @@ def test_metric_nets_provenance_and_stand_in_classification():
     got = nets.provenance()
     assert "trunk=random" in got["lpips"] and "layers=4" in got["arcface"] and "default_1.pt" in got["inception"]
     reasons = stand_in_reasons({**got, "generator": "file:eg3d:ab", "encoder": "trained_with_generator=file"})
-    assert [r.split(":")[0] for r in reasons] == ["arcface", "lpips"]   # the packaged Inception is the real trunk
+    assert sorted(r.split(":")[0] for r in reasons) == ["arcface", "lpips"]   # the packaged Inception is the real trunk
+
+
+def _copy_with_depth(root, dst, transform, convention=None, keep_opacity=False):
+    """celeba split with depth/<stem>.npy replaced by transform(exact depth, face mask)."""
+    import json
+    import shutil
+    shutil.copytree(root / "celeba", dst)
+    for f in sorted((dst / "depth").glob("*.opacity.npy")):
+        exact = np.load(f.with_name(f.name.replace(".opacity", "")))
+        np.save(f.with_name(f.name.replace(".opacity", "")), transform(exact, np.load(f) >= 0.4).astype(np.float32))
+        if not keep_opacity:
+            f.unlink()
+    if convention is not None:
+        (dst / "depth" / "convention.json").write_text(json.dumps(convention))
+    return dst
+
+
+def test_user_pseudo_depth_with_zero_background_is_scored_on_the_face_only(world, nets, tmp_path):
+    """A Deep3DFaceRecon-style map (0 off the face, no opacity file) must give the face region where it is
+    defined, never score the background; the sign convention and z-depth are honoured."""
+    G, root = world
+    proto = P.EvalProtocol("celeba", fid=False, **FAST)
+    ref = P.load_split(root / "celeba", "celeba", 3, G.img_resolution)          # exact depth, opacity face
+    face_only = _copy_with_depth(root, tmp_path / "a", lambda d, f: np.where(f, d, 0.0))
+    user = P.load_split(face_only, "celeba", 3, G.img_resolution)
+    assert torch.equal(user.face, ref.face)                 # defined pixels = the face, not all ones
+    g_ref = P.evaluate_method(OracleInverter(G, ref, root / "celeba"), ref, proto, nets, "cpu")["geo_err"]
+    g_user = P.evaluate_method(OracleInverter(G, user, face_only), user, proto, nets, "cpu")["geo_err"]
+    assert g_user == pytest.approx(g_ref, rel=1e-5)
+    all_pixels = dataclasses.replace(user, face=torch.ones_like(user.face),  # the old reading: zeros scored
+                                     depth=torch.nan_to_num(user.depth, nan=0.0))
+    g_all = P.evaluate_method(OracleInverter(G, user, face_only), all_pixels, proto, nets, "cpu")["geo_err"]
+    assert g_all > g_ref + 0.1
+    neg = _copy_with_depth(root, tmp_path / "b", lambda d, f: np.where(f, -d, 0.0), {"far": "negative"})
+    user_neg = P.load_split(neg, "celeba", 3, G.img_resolution)
+    assert torch.equal(user_neg.face, ref.face)
+    assert P.evaluate_method(OracleInverter(G, user_neg, neg), user_neg, proto, nets,
+                             "cpu")["geo_err"] == pytest.approx(g_ref, rel=1e-5)
+    # the same maps read as 'far = positive' are all undefined: not available, never a number
+    (neg / "depth" / "convention.json").unlink()
+    assert math.isnan(P.evaluate_method(OracleInverter(G, user_neg, neg), P.load_split(neg, "celeba", 3,
+                      G.img_resolution), proto, nets, "cpu")["geo_err"])
+    (neg / "depth" / "convention.json").write_text('{"kind": "depth"}')
+    with pytest.raises(ValueError, match="convention.json"):
+        P.load_split(neg, "celeba", 3, G.img_resolution)
+
+
+def test_ray_to_z_flattens_a_plane_and_the_z_convention_is_applied(world, nets, tmp_path):
+    from goae.eg3d import camera as cam
+    from goae.metrics.geometry import ray_to_z
+    c = cam.canonical_camera(1)
+    r = 8
+    fx = float(c[0, 16])
+    u = (torch.arange(r) + 0.5) / r - 0.5
+    norm = torch.sqrt(1 + (u[None] / fx) ** 2 + (u[:, None] / fx) ** 2)
+    plane_rays = (2.0 * norm)[None, None]                    # distances to the plane z = 2 along each ray
+    assert torch.allclose(ray_to_z(plane_rays, c), torch.full((1, 1, r, r), 2.0), atol=1e-6)
+    G, root = world
+    ref = P.load_split(root / "celeba", "celeba", 3, G.img_resolution)
+    zdir = _copy_with_depth(root, tmp_path / "z", lambda d, f: d, {"kind": "z"}, keep_opacity=True)
+    zsplit = P.load_split(zdir, "celeba", 3, G.img_resolution)
+    depth = ref.depth.clone()                                # a 'render' equal to the exact ray depth
+    assert P._geo(depth, ref, [0, 1, 2]) == pytest.approx(0.0, abs=1e-6)
+    # ray maps declared as z-depth: the converted render differs from them by the off-axis factor, which the
+    # normalisation does not remove (the face's depth relief is small): the convention matters
+    assert P._geo(depth, zsplit, [0, 1, 2]) > 1e-3
+    zsplit.depth = ray_to_z(ref.depth, ref.labels[:3])       # true z maps: the converted render matches exactly
+    assert P._geo(depth, zsplit, [0, 1, 2]) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_protocol_block_says_why_geo_err_is_missing(world, tmp_path):
+    import shutil
+    from goae.config import Params
+    G, root = world
+    shutil.copytree(root / "celeba", tmp_path / "c")
+    shutil.rmtree(tmp_path / "c" / "depth")
+    data = {"celeba": P.load_split(tmp_path / "c", "celeba", 2, G.img_resolution),
+            "mead": P.load_split(root / "mead", "mead", 2, G.img_resolution)}
+    block = P.protocol_block(Params(), {k: P.EvalProtocol(k) for k in data}, data, [])
+    assert block["celeba"]["geo_err_available"] is False and "does not exist" in block["celeba"]["geo_err"]
+    assert block["mead"]["geo_err_available"] is True and "ray depth" in block["mead"]["geo_err"]

@@ -27,6 +27,7 @@ from _tiny import ROOT, copy_world, curve_steps, load_tensors, tiny_params, writ
 DVC = Path(sys.executable).parent / "dvc"
 S1 = Path(".goae-state") / "train_stage1"
 GEN = "models/generator"  # the tiny world's generator (tests run in the world folder)
+DAVG = "models/davg"      # and its D_avg (stage 2 trains with λ5·L_BG)
 
 
 @pytest.fixture(scope="session")
@@ -132,7 +133,8 @@ def test_stage2_interrupt_and_resume_is_bit_exact(w, monkeypatch):
     E = common.build_encoder(p, {})
     common.save_module(w / "models" / "stage1" / "encoder", E, {"encoder": common.config_dict(E.cfg)})
     data, s1 = "data/prepared/train", "models/stage1"
-    ref = stages.train_stage2(p, data, s1, w / "ref", w / "ref-state", w / "ref.csv", torch.device("cpu"), generator=GEN)
+    cpu = torch.device("cpu")
+    ref = stages.train_stage2(p, data, s1, w / "ref", w / "ref-state", w / "ref.csv", cpu, generator=GEN, davg_dir=DAVG)
     assert ref["steps_run"] == 3
 
     real = stages.check_finite
@@ -144,11 +146,11 @@ def test_stage2_interrupt_and_resume_is_bit_exact(w, monkeypatch):
 
     monkeypatch.setattr(stages, "check_finite", dies_at_step_2)
     with pytest.raises(KeyboardInterrupt):
-        stages.train_stage2(p, data, s1, w / "out", w / "state", w / "curve.csv", torch.device("cpu"), generator=GEN)
+        stages.train_stage2(p, data, s1, w / "out", w / "state", w / "curve.csv", cpu, generator=GEN, davg_dir=DAVG)
     assert not (w / "out" / "afa.safetensors").exists()
     monkeypatch.setattr(stages, "check_finite", real)
     logs = []
-    r = stages.train_stage2(p, data, s1, w / "out", w / "state", w / "curve.csv", torch.device("cpu"), generator=GEN,
+    r = stages.train_stage2(p, data, s1, w / "out", w / "state", w / "curve.csv", cpu, generator=GEN, davg_dir=DAVG,
                             log=logs.append)
     assert r["steps_run"] == 1 and any("continuing from step 2" in m for m in logs), logs
     diff = _equal_tensors(load_tensors(w / "ref" / "afa.safetensors"), load_tensors(w / "out" / "afa.safetensors"))
@@ -176,10 +178,10 @@ def test_stage2_snapshot_equals_shorter_run(w, monkeypatch):
         torch.rand(7)  # a callback that draws from the global RNG must not shift the next steps
 
     stages.train_stage2(p3, data, s1, w / "long", w / "long-state", w / "long.csv", torch.device("cpu"), generator=GEN,
-                        on_step=on_step)
+                        davg_dir=DAVG, on_step=on_step)
     assert sorted(snaps) == [1, 2, 3]
     stages.train_stage2(p2, data, s1, w / "short", w / "short-state", w / "short.csv", torch.device("cpu"),
-                        generator=GEN)
+                        generator=GEN, davg_dir=DAVG)
     short = load_tensors(w / "short" / "afa.safetensors")
     assert _equal_tensors(short, snaps[2]) == []
     assert _equal_tensors(load_tensors(w / "long" / "afa.safetensors"), snaps[3]) == []

@@ -77,14 +77,19 @@ class TinyID(torch.nn.Module):
         return torch.nn.functional.normalize(torch.nn.functional.avg_pool2d(x, 8).flatten(1) @ self.w, dim=1)
 
 
-def test_end_to_end_tiny_run_writes_all_methods_and_grids(tmp_path):
+def _tiny_world(root, n_celeba):
+    """Embedded generator, a rendered world under root/w, and an untrained tiny encoder + AFA."""
     torch.manual_seed(0)   # tiny encoder/AFA init only
     G, gcfg = build_embedded_generator(GeneratorConfig(channel_base=512, channel_max=16,
                                                        neural_rendering_resolution=16, depth_resolution=6,
                                                        depth_resolution_importance=6, w_avg_samples=64))
-    render_world(G, DataConfig(n_train=1, n_celeba=2, n_mead_ids=1, mead_yaws_deg=[-60.0, 0.0, 60.0],
-                               photos=False), tmp_path / "w")
-    E, A = Encoder(EncoderConfig.tiny()), AFA(AFAConfig.tiny(d_model=feature_channels(G), heads=4))
+    render_world(G, DataConfig(n_train=1, n_celeba=n_celeba, n_mead_ids=1, mead_yaws_deg=[-60.0, 0.0, 60.0],
+                               photos=False), root / "w")
+    return G, gcfg, Encoder(EncoderConfig.tiny()), AFA(AFAConfig.tiny(d_model=feature_channels(G), heads=4))
+
+
+def test_end_to_end_tiny_run_writes_all_methods_and_grids(tmp_path):
+    G, gcfg, E, A = _tiny_world(tmp_path, 2)
     prov = {"provenance": {"generator": gcfg["provenance"]}, "steps": 0}
     save_module(tmp_path / "s1" / "encoder", E, {"encoder": config_dict(E.cfg), **prov})
     save_module(tmp_path / "s2" / "afa", A, {"afa": config_dict(A.cfg), **prov})
@@ -117,3 +122,59 @@ def test_end_to_end_tiny_run_writes_all_methods_and_grids(tmp_path):
     with Image.open(tmp_path / "grids" / "mead_goae.png") as im:      # (real, rendered) x 3 sources, 3 yaws
         assert im.size == (3 * 128, 6 * 128)
     assert math.isfinite(c["goae"]["geo_err"])
+
+
+def test_stand_ins_from_training_provenance_flip_the_banner():
+    """Real metric nets and checkpoints, but E trained with a mediapipe mask, a random Swin or a random LPIPS
+    trunk: the banner must say STAND-IN and name the component, from the recorded provenance."""
+    real_training = {"stage1": {"generator": {"kind": "file", "sha256": "ab"}, "swin": "swinv2.pth:12ab",
+                                "mask": "bisenet:79999_iter.pth sha256:cd", "loss.lpips": REAL["lpips"],
+                                "loss.arcface": "model_ir_se50.pth sha256:ef", "stage2_bg": "on"}}
+    ok = dict(REAL, training=real_training)
+    assert R.stand_in_reasons(ok) == [] and "Weights: REAL" in R.table1_markdown(_results(), {}, ok)
+    for key, bad, word in [("mask", "selfie:packaged:mediapipe==0.10.14:selfie_segmentation.tflite", "selfie mask"),
+                           ("swin", "random", "random fallback"),
+                           ("loss.lpips", "heads=alex.pth sha256:01 trunk=random(seed=0)", "random LPIPS trunk"),
+                           ("generator", {"kind": "embedded"}, "embedded generator"),
+                           ("bisenet", "packaged:mediapipe==0.10.14:selfie_segmentation.tflite", "substitute")]:
+        w = dict(REAL, training={"stage1": dict(real_training["stage1"], **{key: bad})})
+        reasons = R.stand_in_reasons(w)
+        assert len(reasons) == 1 and reasons[0].startswith(f"training.stage1.{key}: ") and word in reasons[0]
+        md = R.table1_markdown(_results(), {}, w)
+        assert "Weights: STAND-IN" in md and f"training.stage1.{key}" in md and "**stand-in:" in md
+
+
+def test_official_row_pti_recipe_and_metric_size_in_the_evaluation(tmp_path):
+    """assets.goae_encoder/afa (one converted file) add a `goae_official` row with the release mix; the PTI
+    recipe names its row `pti` and uses LPIPS-VGG; eval.metric_size is applied and recorded."""
+    from goae.model.official import save_converted
+    G, gcfg, E, A = _tiny_world(tmp_path, 1)
+    save_converted(tmp_path / "off" / "goae", E.state_dict(), A.state_dict(), {"encoder": E.cfg, "afa": A.cfg})
+    conv = str(tmp_path / "off" / "goae.safetensors")
+    p = params_from_dict({"assets": {"goae_encoder": conv, "goae_afa": conv},
+                          "eval": {"n_celeba": 1, "n_mead_ids": 1, "fid": False, "methods": ["optim"],
+                                   "optim_recipe": "pti", "optim_w_steps": 1, "optim_g_steps": 0,
+                                   "metric_size": 64}})
+    seen = []
+    real_lpips = P.lpips_distance
+    P.lpips_distance = lambda net, x, y, dev, size=None, **k: (seen.append(size), real_lpips(net, x, y, dev, size=size))[1]
+    try:
+        vgg = build_lpips(net="vgg", seed=0)
+        ev = P.run_evaluation(p, G, gcfg["provenance"], tmp_path / "s1", tmp_path / "s2", tmp_path / "w" / "celeba",
+                              tmp_path / "w" / "mead", "cpu", log=lambda s: None,
+                              nets=P.MetricNets(build_lpips(seed=0), TinyID(), None, vgg),
+                              timing_warmup=0, timing_repeats=1)
+    finally:
+        P.lpips_distance = real_lpips
+    assert list(ev.results["celeba"]) == ["pti", "goae_official"]
+    assert math.isfinite(ev.results["celeba"]["goae_official"]["mse"])
+    m = ev.weights["methods"]
+    assert "release recipe" in m["goae_official"] and "planes=xy" in m["goae_official"]
+    assert "LPIPS-vgg" in m["pti"] and "net=vgg" in m["pti"] and m["pti"].startswith("G=")
+    assert ev.protocol["metric_resolution"].startswith("64x64") and set(seen) == {64}
+    assert "reading of the paper" in ev.protocol["mix"]["note"] and "interpretation" in ev.protocol["mix"]["params"]
+    md = R.table1_markdown(ev.results, ev.protocol, ev.weights)
+    assert "| GOAE official weights (this run) |" in md and "| PTI (w, LPIPS-VGG) (this run) |" in md
+    assert "computed at 64x64" in md
+    with pytest.raises(ValueError, match="both"):
+        P.build_official(params_from_dict({"assets": {"goae_encoder": conv}}), G, "cpu", {"generator": "g"})

@@ -33,14 +33,14 @@ def passthrough_split(src: Path, dst: Path, size: int) -> dict:
                 im = im.convert("RGB")
                 if im.size != (size, size):
                     im = im.resize((size, size), Image.LANCZOS)
-                out = dst / (Path(name).stem + ".png")
+                out = dst / Path(name).with_suffix(".png")   # keeps subfolders (a MEAD layout's stems repeat)
                 out.parent.mkdir(parents=True, exist_ok=True)
                 im.save(out)
         except (OSError, ValueError) as e:
             report[name] = {"status": "skipped", "reason": "unreadable", "detail": str(e)}
             continue
-        kept.append((str(Path(name).with_suffix(".png")), lab))
-        report[name] = {"status": "ok", "camera": "official"}  # the dataset's own label, unchanged
+        kept.append((Path(name).with_suffix(".png").as_posix(), lab))
+        report[name] = {"status": "ok", "output": kept[-1][0], "camera": "official"}  # the dataset's label, unchanged
     write_dataset_json(dst, kept)
     for extra in ("depth",):
         if (src / extra).is_dir():
@@ -57,18 +57,32 @@ def _summarise(report: dict) -> dict:
 
 
 def prepare_split(src: Path, dst: Path, p: Params, device, log=print) -> dict:
+    mead_yaw = p.prepare.mead_yaw  # read on every run: dvc.yaml declares it, a real MEAD folder uses it
     has_labels = (src / "dataset.json").is_file() or (src / "label.json").is_file()
     if has_labels:
         report = passthrough_split(src, dst, p.prepare.output_size)
     else:
         from goae.data.photos import prepare_photos
-        files = sorted(f for f in src.rglob("*") if f.is_file())
+        # depth/ holds pseudo-GT depth maps, not photos; they only fit images that are already cropped
+        # (a labelled split), never the crops made here, so they are reported and left out
+        files = sorted(f for f in src.rglob("*") if f.is_file() and f.relative_to(src).parts[0] != "depth")
+        if (src / "depth").is_dir():
+            log(f"{src}/depth: ignored: depth maps must match the prepared crops (supply a labelled split)")
         report = prepare_photos(files, dst, detector=p.prepare.detector, output_size=p.prepare.output_size,
                                 min_face_px=p.prepare.min_face_px, flip=p.prepare.flip,
                                 roll_align=p.prepare.roll_align, device=device, root=src,
                                 fan_weights=p.prepare.fan_weights, pose_depth=p.prepare.pose_depth)
-    write_json_atomic(dst / "report.json", {"summary": _summarise(report), "files": report})
-    return _summarise(report)
+    summary = _summarise(report)
+    if dst.name == "mead" and not (dst / "meta.json").is_file():  # a real MEAD folder: build the protocol
+        from goae.data.mead import build_mead_meta
+        outputs = {Path(k).as_posix(): r["output"] for k, r in report.items() if r["status"] == "ok"}
+        meta = build_mead_meta(outputs, dict(read_dataset_json(dst)), mead_yaw)
+        write_json_atomic(dst / "meta.json", meta)
+        summary["mead_identities"] = len(meta["identities"])
+        log(f"mead: {len(meta['identities'])} identities x yaws {meta['yaws_deg']} (yaw from {meta['yaw_source']}); "
+            f"{len(meta['incomplete'])} incomplete, {len(meta['ignored'])} images ignored")
+    write_json_atomic(dst / "report.json", {"summary": summary, "files": report})
+    return summary
 
 
 def prepare_all(p: Params, raw: str | Path, out: str | Path, device, log=print) -> dict:

@@ -10,17 +10,64 @@ using average L2 distance". Our reading, fixed here:
     (= 2 * (1 - Pearson correlation), range [0, 4]); the table entry is the mean over images.
   Invariant to any offset and any positive scale of either depth; both must use the same sign
   convention (larger = farther), a negated depth gives a large error.
+Pseudo-GT maps on disk (`<split>/depth/<stem>.npy`, any resolution, one per image) follow the split's
+`depth/convention.json` (`DepthConvention`; defaults when absent): `kind` "ray" (distance along the unit
+ray, what EG3D renders and the embedded world writes) or "z" (camera-space z, e.g. Deep3DFaceRecon's
+rendered depth: the render is converted with `ray_to_z` at the target camera first); `far` "positive"
+(larger = farther) or "negative" (the map is negated on load); pixels that are non-finite or <= 0 after
+that are undefined (Deep3DFaceRecon renders 0 off the face) and never enter the region.
 Resolution: the rendered depth is brought to the pseudo-GT size by validity-weighted area averaging
 (adaptive average pooling of d*valid divided by that of valid; a pixel stays valid if >= half of its
 area was), so background never bleeds into the face; upsampling degenerates to nearest.
 """
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class DepthConvention:
+    kind: str = "ray"          # "ray": distance along the normalised ray | "z": camera-space z-depth
+    far: str = "positive"      # "positive": larger = farther | "negative": the map is negated on load
+
+    @classmethod
+    def read(cls, folder: str | Path) -> "DepthConvention":
+        """`<folder>/convention.json` ({"kind": ..., "far": ...}), unknown keys/values refused; defaults if absent."""
+        f = Path(folder) / "convention.json"
+        if not f.is_file():
+            return cls()
+        raw = json.loads(f.read_text())
+        unknown = set(raw) - {"kind", "far"}
+        c = cls(**{k: v for k, v in raw.items() if k not in unknown})
+        if unknown or c.kind not in ("ray", "z") or c.far not in ("positive", "negative"):
+            raise ValueError(f"{f}: expected {{'kind': 'ray'|'z', 'far': 'positive'|'negative'}}, got {raw}")
+        return c
+
+    def reference(self, d: torch.Tensor) -> torch.Tensor:
+        """The stored map as 'larger = farther' with undefined pixels as NaN."""
+        d = -d if self.far == "negative" else d
+        return torch.where(torch.isfinite(d) & (d > 0), d, torch.nan)
+
+    def describe(self) -> str:
+        return f"{self.kind} depth, {self.far} = farther; <= 0 / non-finite = undefined"
+
+
+def ray_to_z(depth: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Ray distance [B,1,r,r] -> camera-space z at the cameras `labels` [B,25] (normalised intrinsics, the
+    pixel-centre rays of goae.eg3d's ray sampler): z = t / |((u-cx)/fx, (v-cy)/fy, 1)| (skew ignored)."""
+    b, _, h, w = depth.shape
+    K = labels[:, 16:25].reshape(b, 3, 3).to(depth)
+    v, u = torch.meshgrid((torch.arange(h, device=depth.device) + 0.5) / h,
+                          (torch.arange(w, device=depth.device) + 0.5) / w, indexing="ij")
+    x = (u[None] - K[:, 0, 2, None, None]) / K[:, 0, 0, None, None]
+    y = (v[None] - K[:, 1, 2, None, None]) / K[:, 1, 1, None, None]
+    return depth / torch.sqrt(1 + x.square() + y.square())[:, None]
 
 
 def load_depth(path: str | Path, scale: float = 1.0, key: str | None = None) -> torch.Tensor:

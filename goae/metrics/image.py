@@ -9,6 +9,7 @@ PIL-bilinear Resize((256, 256)) of pSp's scripts/calc_losses_on_images.py [recal
 """
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -45,46 +46,62 @@ class LPIPSNet(nn.Module):
         return self.inner(x, y).flatten()  # [N]
 
 
-def build_lpips(alexnet_path: str | Path | None = None, heads_path: str | Path | None = None,
-                seed: int = 0) -> LPIPSNet:
-    """LPIPS(alex, v0.1) on CPU. Heads: the file shipped in the lpips wheel (or `heads_path`).
+# torchvision `features.{i}` -> lpips `net.slice{k}` (lpips keeps torchvision's indices inside each slice)
+TRUNK_SLICES = {"alex": [range(0, 2), range(2, 5), range(5, 8), range(8, 10), range(10, 12)],
+                "vgg": [range(0, 4), range(4, 9), range(9, 16), range(16, 23), range(23, 30)]}
+TRUNK_FILES = {"alex": "alexnet-owt-7be5be79.pth", "vgg": "vgg16-397923af.pth"}
 
-    Trunk: torchvision `alexnet-owt-7be5be79.pth` from `alexnet_path` (strict over the conv layers);
-    without it a random trunk seeded by `seed` (lpips `pnet_rand=True`, offline only — the distances
-    are then NOT comparable to published LPIPS).
+
+def build_lpips(alexnet_path: str | Path | None = None, heads_path: str | Path | None = None,
+                seed: int = 0, net: str = "alex", trunk_path: str | Path | None = None) -> LPIPSNet:
+    """LPIPS(v0.1) with the `net` trunk ('alex': the GOAE/e4e loss and our metric; 'vgg': PTI's) on CPU.
+    Heads: the file shipped in the lpips wheel (or `heads_path`).
+
+    Trunk: torchvision `alexnet-owt-7be5be79.pth` (`alexnet_path`) / `vgg16-397923af.pth` (`trunk_path`),
+    strict over the conv layers; without it a random trunk seeded by `seed` (lpips `pnet_rand=True`,
+    offline only — the distances are then NOT comparable to published LPIPS).
     """
     import lpips
 
+    if net not in TRUNK_SLICES:
+        raise ValueError(f"LPIPS trunk must be one of {sorted(TRUNK_SLICES)}, got {net!r}")
+    trunk_path = alexnet_path if net == "alex" else trunk_path
     with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
         torch.manual_seed(seed)  # lpips' random trunk/heads init draws from the global RNG
         warnings.filterwarnings("ignore", message=".*(pretrained|weights).*", category=UserWarning)  # lpips' old tv API
         # pretrained=False: we load the heads ourselves with weights_only=True and record their hash.
-        inner = lpips.LPIPS(pretrained=False, net="alex", version="0.1", pnet_rand=True, verbose=False)
-    heads = Path(heads_path) if heads_path else Path(lpips.__file__).parent / "weights" / "v0.1" / "alex.pth"
+        inner = lpips.LPIPS(pretrained=False, net=net, version="0.1", pnet_rand=True, verbose=False)
+    heads = Path(heads_path) if heads_path else Path(lpips.__file__).parent / "weights" / "v0.1" / f"{net}.pth"
     sd = torch.load(heads, map_location="cpu", weights_only=True)
     missing, unexpected = inner.load_state_dict(sd, strict=False)
     # lpips keeps each head twice (lin{k} and its alias lins.{k}); the file names the lin{k} copies
     if unexpected or any(k.startswith("lin") and not k.startswith("lins.") for k in missing):
-        raise RuntimeError(f"{heads}: not lpips alex heads (missing {missing}, unexpected {unexpected})")
-    prov = [f"heads={heads.name} sha256:{sha256_file(heads)}"]
-    if alexnet_path is None:
+        raise RuntimeError(f"{heads}: not lpips {net} heads (missing {missing}, unexpected {unexpected})")
+    prov = [f"net={net} heads={heads.name} sha256:{sha256_file(heads)}" if net != "alex"
+            else f"heads={heads.name} sha256:{sha256_file(heads)}"]
+    if trunk_path is None:
         prov.append(f"trunk=random(seed={seed})")
     else:
-        p = Path(alexnet_path)
+        p = Path(trunk_path)
         if not p.is_file():
-            raise FileNotFoundError(f"AlexNet weights not found at {p} (torchvision alexnet-owt-7be5be79.pth)")
+            raise FileNotFoundError(f"LPIPS {net} trunk weights not found at {p} (torchvision {TRUNK_FILES[net]})")
         tv = torch.load(p, map_location="cpu", weights_only=True)
-        # lpips' slices keep torchvision's `features` indices: features.{i} -> net.slice{k}.{i}
-        slot = {i: k for k, idx in enumerate([range(0, 2), range(2, 5), range(5, 8), range(8, 10), range(10, 12)], 1)
-                for i in idx}
+        slot = {i: k for k, idx in enumerate(TRUNK_SLICES[net], 1) for i in idx}
         trunk = {f"slice{slot[int(k.split('.')[1])]}.{k[len('features.'):]}": v
                  for k, v in tv.items() if k.startswith("features.")}
         try:
             inner.net.load_state_dict(trunk, strict=True)
         except RuntimeError as e:
-            raise RuntimeError(f"{p} is not a torchvision AlexNet state_dict: {e}") from None
+            raise RuntimeError(f"{p} is not a torchvision {net} state_dict: {e}") from None
         prov.append(f"trunk={p.name} sha256:{sha256_file(p)}")
     return LPIPSNet(inner.eval().requires_grad_(False), " ".join(prov))
+
+
+def torch_hub_file(name: str) -> Path | None:
+    """A torchvision checkpoint already in $TORCH_HOME/hub/checkpoints (never downloaded here)."""
+    home = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch"))
+    f = home / "hub" / "checkpoints" / name
+    return f if f.is_file() else None
 
 
 @torch.no_grad()

@@ -4,8 +4,10 @@ Protocols (paper §5.2; facts §4):
   celeba  input-view reconstruction of the test split (first `n` images, in dataset.json order):
           MSE (per image mean over C,H,W of images in [-1,1], so range [0,4]: the pSp/e4e scale Table 1 uses),
           LPIPS (alex v0.1), FID (renders vs the inputs), ID (ArcFace cosine), Geo. Err. (rendered depth vs
-          the exact depth `depth/<stem>.npy`, face region = GT opacity `depth/<stem>.opacity.npy` >= 0.4, all
-          pixels when there is no opacity file), time per image (invert + input-view render of one image,
+          the exact or user-supplied pseudo-GT depth `depth/<stem>.npy` in the convention of
+          `depth/convention.json` (goae.metrics.geometry), face region = pixels where that reference is defined,
+          further restricted to GT opacity `depth/<stem>.opacity.npy` >= 0.4 where one exists; no depth -> null
+          and the protocol block says why), time per image (invert + input-view render of one image,
           device-synchronised, warm-up excluded).
   mead    per identity, invert a source view (yaw 0 or ±60) and render each OTHER view of that identity at
           its camera; compare with the real views: LPIPS, FID, ID, Geo. Err. Metrics are computed per
@@ -29,7 +31,7 @@ import torch
 
 from goae.data.dataset import LabeledImages
 from goae.metrics.fid import fid_from_features, inception_features
-from goae.metrics.geometry import geometry_error
+from goae.metrics.geometry import DepthConvention, geometry_error, ray_to_z
 from goae.metrics.identity import id_similarity
 from goae.metrics.image import lpips_distance, mse
 from goae.metrics.timing import time_per_image
@@ -80,6 +82,8 @@ class SplitData:
     identity_names: list[str] = field(default_factory=list)
     yaws: list[float] = field(default_factory=list)
     cache: dict = field(default_factory=dict, repr=False)       # reference Inception features
+    depth_convention: Any = None            # goae.metrics.geometry.DepthConvention of `depth`
+    depth_note: str = ""                    # how Geo. Err. is computed, or why it is not available
 
 
 @dataclass
@@ -87,26 +91,44 @@ class MetricNets:
     lpips: Any                  # goae.metrics.image.LPIPSNet
     arcface: Any                # goae.nets.arcface.IRSE50
     inception: Any | None       # goae.metrics.fid.Inception (None: FID off)
+    lpips_vgg: Any | None = None  # PTI's loss net (eval.optim_recipe: pti); not a metric
 
     def provenance(self) -> dict:
-        return {"lpips": self.lpips.provenance, "arcface": self.arcface.provenance,
-                "inception": self.inception.provenance if self.inception is not None else "disabled"}
+        out = {"lpips": self.lpips.provenance, "arcface": self.arcface.provenance,
+               "inception": self.inception.provenance if self.inception is not None else "disabled"}
+        if self.lpips_vgg is not None:
+            out["lpips_vgg"] = self.lpips_vgg.provenance
+        return out
 
 
 # ------------------------------------------------------------------------------------------- data
 
 def _depth_and_face(ds: LabeledImages, idx: list[int], opacity_min: float):
+    """(depth [N,1,h,w] larger = farther, face [N,1,h,w], convention, note). The face region is where the
+    reference is defined (goae.metrics.geometry.DepthConvention), further restricted to opacity >=
+    `opacity_min` where an opacity map exists; no depth for some image -> (None, None, None, why)."""
+    folder = ds.folder / "depth"
+    if not folder.is_dir():
+        return None, None, None, f"no pseudo-GT depth: {folder} does not exist"
+    conv = DepthConvention.read(folder)
     depths, faces = [], []
     for i in idx:
         d = ds.load_depth(i)
-        if d is None:
-            return None, None   # no pseudo-GT for part of the split: Geo. Err. undefined (NaN), not biased
-        op = ds.folder / "depth" / (Path(ds.name(i)).stem + ".opacity.npy")
-        face = (torch.from_numpy(np.load(op)).float()[None] >= opacity_min) if op.is_file() \
-            else torch.ones_like(d, dtype=torch.bool)
+        if d is None:   # no pseudo-GT for part of the split: Geo. Err. undefined (NaN), not biased
+            return None, None, None, f"no pseudo-GT depth for {ds.name(i)} (depth/<stem>.npy)"
+        d = conv.reference(d)
+        face = torch.isfinite(d)
+        op = folder / (Path(ds.name(i)).stem + ".opacity.npy")
+        if op.is_file():
+            face &= torch.from_numpy(np.load(op)).float()[None] >= opacity_min
         depths.append(d)
         faces.append(face)
-    return torch.stack(depths), torch.stack(faces)
+    sizes = {tuple(d.shape) for d in depths}
+    if len(sizes) > 1:
+        raise ValueError(f"{folder}: depth maps of different sizes {sorted(sizes)}; use one resolution")
+    return torch.stack(depths), torch.stack(faces), conv, f"{conv.describe()}; face = defined pixels" + \
+        (f" with opacity >= {opacity_min} where depth/<stem>.opacity.npy exists" if any(
+            (folder / (Path(ds.name(i)).stem + ".opacity.npy")).is_file() for i in idx) else "")
 
 
 def load_split(folder: str | Path, kind: str, n: int, resolution: int, opacity_min: float = 0.4) -> SplitData:
@@ -117,12 +139,13 @@ def load_split(folder: str | Path, kind: str, n: int, resolution: int, opacity_m
         idx, ids, id_names, yaws = list(range(min(n, len(ds)))), [], [], []
     elif kind == "mead":
         meta = json.loads((Path(folder) / "meta.json").read_text())
-        by_stem = {Path(ds.name(i)).stem: i for i in range(len(ds))}
+        # by the path without extension: a real MEAD layout repeats stems (M003/front/001, M003/left_30/001)
+        by_stem = {Path(ds.name(i)).with_suffix("").as_posix(): i for i in range(len(ds))}
         id_names = sorted(meta["identities"])[:n]
         yaws = [float(y) for y in meta["yaws_deg"]]
         idx, ids = [], []
         for k in id_names:
-            views = [by_stem[Path(v).stem] for v in meta["identities"][k]]
+            views = [by_stem[Path(v).with_suffix("").as_posix()] for v in meta["identities"][k]]
             if len(views) != len(yaws):
                 raise ValueError(f"{folder}: identity {k} has {len(views)} views for {len(yaws)} yaws")
             ids.append(list(range(len(idx), len(idx) + len(views))))
@@ -132,9 +155,9 @@ def load_split(folder: str | Path, kind: str, n: int, resolution: int, opacity_m
     if not idx:
         raise ValueError(f"{folder}: no {kind} samples")
     b = ds.batch(idx)
-    depth, face = _depth_and_face(ds, idx, opacity_min)
+    depth, face, conv, note = _depth_and_face(ds, idx, opacity_min)
     return SplitData(kind, str(folder), b["image"], b["label"], [ds.name(i) for i in idx], depth, face,
-                     ids, id_names, yaws)
+                     ids, id_names, yaws, depth_convention=conv, depth_note=note)
 
 
 # ------------------------------------------------------------------------------------- randomness
@@ -182,8 +205,11 @@ def fid_subspace(f1: np.ndarray, f2: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 
 def _geo(depth: torch.Tensor, data: SplitData, idx: list[int]) -> float:
+    """Rendered ray-distance depth at the cameras of `idx` vs their pseudo-GT, in the GT's convention."""
     if data.depth is None:
         return math.nan
+    if data.depth_convention.kind == "z":
+        depth = ray_to_z(depth, data.labels[idx])
     return _nanmean(geometry_error(depth, data.depth[idx], data.face[idx]))
 
 
@@ -325,7 +351,14 @@ def build_metric_nets(p, device, provenance: dict) -> MetricNets:
     if p.eval.fid:
         r = resolve(p, "inception", provenance)        # a file, or the packaged TorchScript trunk
         inc = load_inception(r.path).to(device)
-    return MetricNets(lp, net, inc)
+    vgg, vgg_file = None, p.assets.lpips_vgg  # read on every run: dvc.yaml declares it for the pti recipe
+    if "optim" in p.eval.methods and p.eval.optim_recipe == "pti":
+        from goae.metrics.image import TRUNK_FILES, torch_hub_file
+        path = asset(p, "lpips_vgg", provenance) if vgg_file else torch_hub_file(TRUNK_FILES["vgg"])
+        if path is None:
+            resolve(p, "lpips_vgg", provenance)         # the allowed fallback ('random'), or a clear error
+        vgg = build_lpips(net="vgg", trunk_path=path, seed=0).to(device)
+    return MetricNets(lp, net, inc, vgg)
 
 
 class GOAEInverter:
@@ -359,6 +392,56 @@ def generator_weights(gprov) -> str:
     return json.dumps(gprov, sort_keys=True, separators=(",", ":")) if isinstance(gprov, dict) else str(gprov)
 
 
+MIX_INTERPRETATION = ("all three planes with a fixed blur is this project's reading of the paper's "
+                      "occlusion-aware mix (Eqs. 7-8 do not say which planes or which blur); the release mixes "
+                      "plane 0 (XY) with σ ~ U[1,2] per call (mix.planes: xy, mix.blur: random)")
+RELEASE_MIX = dict(planes="xy", blur="random", sigma=1.5, threshold=0.35, kernel=9)   # facts §3.6
+
+
+def mix_label(mix) -> str:
+    """The mix a row used, with 'paper reading (interpretation)' or 'release recipe' spelled out."""
+    kind = ("release recipe" if (mix.planes, mix.blur) == ("xy", "random") else
+            "interpretation of the paper" if (mix.planes, mix.blur) == ("all", "fixed") else "custom")
+    sigma = "U[1,2]" if mix.blur == "random" else mix.sigma
+    return f"mix(planes={mix.planes},blur={mix.blur},sigma={sigma},threshold={mix.threshold}; {kind})"
+
+
+def build_official(p, G, device, weights: dict):
+    """Row `goae_official`: the released GOAE encoder + AFA (`assets.goae_encoder` / `assets.goae_afa`: the
+    official .pt files, or both pointing at one `goae convert-goae` output `PREFIX.safetensors`) under the
+    same protocol, mixed with the release recipe unless `eval.official_mix: params`. None when unset."""
+    from goae.model.afa import AFA, AFAConfig
+    from goae.model.encoder import Encoder, EncoderConfig
+    from goae.model.goae import GOAE
+    from goae.model.io import resolve
+    from goae.model.mix import MixConfig
+    from goae.model.official import load_converted, load_official_goae
+    if not (p.assets.goae_encoder and p.assets.goae_afa):
+        if p.assets.goae_encoder or p.assets.goae_afa:
+            raise ValueError("assets.goae_encoder and assets.goae_afa: set both (or neither) for goae_official")
+        return None
+    prov: dict = {}
+    enc, afa = (resolve(p, k, prov).path for k in ("goae_encoder", "goae_afa"))
+    if enc.suffix == ".safetensors":      # a converted prefix carries its configs
+        if afa != enc:
+            raise ValueError("assets.goae_encoder/goae_afa: a converted .safetensors must be given for both")
+        enc_sd, afa_sd, meta = load_converted(enc.with_suffix(""))
+        ecfg, acfg = EncoderConfig.from_dict(meta["encoder"]), AFAConfig.from_dict(meta["afa"])
+    else:                                  # the released files: paper configs (SwinV2-B encoder, AFA d=512)
+        ecfg, acfg = EncoderConfig.paper(), AFAConfig.paper()
+        enc_sd, afa_sd = load_official_goae(enc, afa, ecfg, acfg)
+    E, A = Encoder(ecfg), AFA(acfg)
+    E.load_state_dict(enc_sd, strict=True)
+    A.load_state_dict(afa_sd, strict=True)
+    mix = MixConfig(**RELEASE_MIX) if p.eval.official_mix == "release" else \
+        MixConfig(planes=p.mix.planes, blur=p.mix.blur, sigma=p.mix.sigma, threshold=p.mix.threshold,
+                  kernel=p.mix.kernel)
+    weights["goae_official"] = {k: v for k, v in prov.items()}
+    model = GOAE(G, E.eval().requires_grad_(False), A.eval().requires_grad_(False), mix).to(device).eval()
+    return GOAEInverter("goae_official", model, f"G={weights['generator']}; official GOAE E={prov['goae_encoder']} "
+                                                 f"AFA={prov['goae_afa']}; {mix_label(mix)}")
+
+
 @dataclass
 class Evaluation:
     results: dict            # protocol -> method -> row
@@ -378,25 +461,33 @@ def build_methods(p, G, stage1_dir, stage2_dir, nets: MetricNets, device, weight
     built = {}
     if any(k.startswith("goae") for k in p.eval.methods):
         E = load_encoder(stage1_dir, device)
-        weights["encoder"], _ = _ckpt_weights(Path(stage1_dir) / "encoder")
+        weights["encoder"], prov = _ckpt_weights(Path(stage1_dir) / "encoder")
+        weights.setdefault("training", {})["stage1"] = prov     # what trained E (Swin init, mask, loss nets)
         A = None
         if {"goae", "goae_nomix"} & set(p.eval.methods):
             A = load_afa(stage2_dir, device)
-            weights["afa"], _ = _ckpt_weights(Path(stage2_dir) / "afa")
+            weights["afa"], prov = _ckpt_weights(Path(stage2_dir) / "afa")
+            weights["training"]["stage2"] = prov
         model = GOAE(G, E, A, mix).to(device).eval()
         ge = f"G={g}; E={weights['encoder']}"
-        mixs = f"mix(planes={mix.planes},blur={mix.blur},sigma={mix.sigma},threshold={mix.threshold})"
+        mixs = mix_label(mix)
         if A is not None:
             built["goae"] = GOAEInverter("goae", model, f"{ge}; AFA={weights['afa']}; {mixs}")
             built["goae_nomix"] = GOAEInverter("goae_nomix", model, f"{ge}; AFA={weights['afa']}; no mix "
                                                                    "(F* tri-plane)", use_mix=False)
         built["goae_wplus"] = GOAEInverter("goae_wplus", model, f"{ge}; w+ only", use_afa=False)
     if "optim" in p.eval.methods:
-        cfg = OptimConfig(w_steps=p.eval.optim_w_steps, g_steps=p.eval.optim_g_steps,
-                          lambda_l2=p.loss.lambda1, lambda_lpips=p.loss.lambda2)
-        built["optim"] = OptimInverter(G, cfg, nets.lpips, weights=f"G={g} (copied, fine-tuned per image); "
-                                                                   f"{cfg.describe()}; lpips={nets.lpips.provenance}")
+        cfg = OptimConfig.recipe(p.eval.optim_recipe, p.eval.optim_w_steps, p.eval.optim_g_steps,
+                                 p.loss.lambda1, p.loss.lambda2)
+        lp = nets.lpips_vgg if cfg.lpips_net == "vgg" else nets.lpips
+        if lp is None:
+            raise ValueError("eval.optim_recipe: pti needs the LPIPS-VGG net (build_metric_nets builds it)")
+        built["optim"] = OptimInverter(G, cfg, lp, weights=f"G={g} (copied, fine-tuned per image); "
+                                                           f"{cfg.describe()}; lpips={lp.provenance}")
     methods = [built[k] for k in p.eval.methods]
+    official = build_official(p, G, device, weights)
+    if official is not None:
+        methods.append(official)
     for path in p.eval.extra_encoders:
         E = load_encoder(path, device)
         w, _ = _ckpt_weights(Path(path) / "encoder")
@@ -420,6 +511,7 @@ def run_evaluation(p, G, gprov, stage1_dir, stage2_dir, celeba_dir, mead_dir, de
     weights = {"generator": generator_weights(gprov), **nets.provenance(), "assets": prov}
     methods = build_methods(p, G, stage1_dir, stage2_dir, nets, device, weights)
     res = G.img_resolution
+    protocol_kw.setdefault("metric_size", p.eval.metric_size)
     protos = {k: EvalProtocol(k, seed=p.eval.seed, fid=p.eval.fid, **protocol_kw) for k in ("celeba", "mead")}
     data = {"celeba": load_split(celeba_dir, "celeba", p.eval.n_celeba, res, protos["celeba"].opacity_min),
             "mead": load_split(mead_dir, "mead", p.eval.n_mead_ids, res, protos["mead"].opacity_min)}
@@ -434,31 +526,44 @@ def run_evaluation(p, G, gprov, stage1_dir, stage2_dir, celeba_dir, mead_dir, de
 
 
 def protocol_block(p, protos: dict, data: dict, methods) -> dict:
+    from goae.model.mix import MixConfig
     c, md = data["celeba"], data["mead"]
     nm = len(md.identities)
+    size = protos["celeba"].metric_size
+    msize = (f"{size}x{size} (bilinear, antialiased resize of both images)" if size else
+             f"native {c.images.shape[-1]}x{c.images.shape[-1]}")
     return {
         "seed": p.eval.seed,
         "render_seeds": "sha256(eval.seed, protocol, purpose, chunk, view) -> torch.Generator per render; "
                         "identical for every method",
         "celeba": {"folder": c.folder, "n_images": c.images.shape[0], "requested": p.eval.n_celeba,
                    "selection": "first n of dataset.json", "resolution": c.images.shape[-1],
-                   "geo_err_available": c.depth is not None},
+                   "geo_err_available": c.depth is not None, "geo_err": c.depth_note,
+                   "depth_resolution": None if c.depth is None else list(c.depth.shape[-2:])},
         "mead": {"folder": md.folder, "n_identities": nm, "requested": p.eval.n_mead_ids,
                  "identities": md.identity_names, "yaws_deg": md.yaws,
                  "groups": {k: list(v) for k, v in protos["mead"].groups.items()},
-                 "pairs_per_source": nm * (len(md.yaws) - 1), "geo_err_available": md.depth is not None},
+                 "pairs_per_source": nm * (len(md.yaws) - 1), "geo_err_available": md.depth is not None,
+                 "geo_err": md.depth_note,
+                 "depth_resolution": None if md.depth is None else list(md.depth.shape[-2:])},
         "methods": [m.name for m in methods],
-        "optim": {"w_steps": p.eval.optim_w_steps, "g_steps": p.eval.optim_g_steps,
+        "optim": {"recipe": p.eval.optim_recipe, "w_steps": p.eval.optim_w_steps, "g_steps": p.eval.optim_g_steps,
                   "init": "w_avg", "timing": "1 warm-up + 1 timed image"},
+        "mix": {"params": mix_label(p.mix), "note": MIX_INTERPRETATION,
+                "goae_official": (mix_label(MixConfig(**RELEASE_MIX)) if p.eval.official_mix == "release"
+                                  else "mix.* (as the goae row)")},
+        "metric_resolution": msize,
         "conventions": {
             "mse": "per-image mean over C,H,W of squared differences of images in [-1,1] (range [0,4]); "
-                   "renders clamped to [-1,1]; native resolution",
-            "lpips": "lpips v0.1 alex on [-1,1], native resolution",
+                   f"renders clamped to [-1,1]; at {msize}",
+            "lpips": f"lpips v0.1 alex on [-1,1], at {msize}",
             "fid": f"Inception pool3 (goae.metrics.fid), renders vs real; N={c.images.shape[0]} (celeba), "
                    f"{nm * (len(md.yaws) - 1)} per mead source: N << 2048, indicative only",
             "id": "cosine of ArcFace IR-SE50 embeddings (e4e recipe)",
-            "geo_err": f"goae.metrics.geometry vs depth/<stem>.npy; face = opacity >= "
-                       f"{protos['celeba'].opacity_min} (all pixels without opacity file)",
+            "geo_err": "goae.metrics.geometry vs depth/<stem>.npy (convention: depth/convention.json); face = "
+                       "pixels where the pseudo-GT is defined (and opacity >= "
+                       f"{protos['celeba'].opacity_min} where an opacity map exists); null when unavailable, "
+                       "see celeba.geo_err / mead.geo_err",
             "time_s": "seconds per image: invert + input-view render of 1 image, device-synchronised median "
                       f"of {protos['celeba'].timing_repeats} after {protos['celeba'].timing_warmup} warm-up",
             "mead": "source view inverted, every other view of the identity rendered at its camera; "

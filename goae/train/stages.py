@@ -1,7 +1,11 @@
 """Stage-1 (encoder + D_Wc) and stage-2 (AFA) training: one step function each, one shared loop.
 
 Stage 1 (§4.1, Eq. 11): E ← L_rec + λ4·L_adv^E + λ5·L_BG + λ6·‖Δw+‖;  D_Wc ← Eq. 2 (+ lazy R1).
-Stage 2 (§4.2, §4.5): E frozen, AFA ← L_rec(I_F*, I) + λ7·‖F* − F‖.
+Stage 2 (§4.2, §4.5): E frozen, AFA ← L_rec(I_F*, I) + λ5·L_BG(F*) + λ7·‖F* − F‖: §4.2 trains the AFA with
+the stage-1 objective minus the adversarial and w+ terms, so the background depth term stays (the F*
+tri-plane rendered at the front camera); `loss.stage2_bg: false` drops it, as the released code does.
+Mixed precision (`runtime.bf16`) covers the encoder and the AFA only: the frozen EG3D renders in fp32 (its
+SR in fp16 when `runtime.fp16_sr`, as the official code), so L_BG compares an fp32 depth with the fp32 D_avg.
 """
 from __future__ import annotations
 
@@ -111,7 +115,16 @@ def _trainer(p: Params, name: str, scfg, ds, device, d, state_dir, curve_path, c
 
 
 STAGE1_COLUMNS = ["total", "rec", "l2", "lpips", "id", "adv_e", "bg", "w_delta", "d_adv", "r1", "d_real", "d_fake"]
-STAGE2_COLUMNS = ["total", "rec", "l2", "lpips", "id", "delta_f"]
+STAGE2_COLUMNS = ["total", "rec", "l2", "lpips", "id", "bg", "delta_f"]
+
+
+def front_bg_loss(render, mask, d_avg, n: int, device, uniforms: dict) -> torch.Tensor:
+    """Eq. 4 on the front view: `render(c, **kw)` renders the inversion's tri-plane at camera c; D and M come
+    from that render at c_front (§4.1: "depth map and background mask ... under the front-view pose")."""
+    front = render(cam.canonical_camera(n, device=device),
+                   superresolution=common.mask_needs_image(mask),  # Eq. 4 needs D and M only
+                   **uniforms)
+    return L.bg_depth_loss(front["image_depth"].float(), common.background_mask(mask, front), d_avg)  # Eq. 4
 
 
 def inputs_fingerprint(files=(), folders=()) -> str:
@@ -194,15 +207,12 @@ def train_stage1(p: Params, data_dir, davg_dir, out_dir, state_dir, curve_path, 
         check_finite_grads(step, D.parameters(), {k: d_out[k] for k in ("d_adv", "r1", "d_real", "d_fake")},
                            str(state_dir), "discriminator gradients")
         opt_d.step()
-        # --- encoder step (Eq. 11)
-        with autocast(device, p.runtime):
-            out = G.synthesis(w_plus, c, **render_uniforms(G, p.stage1.batch_size, gen, d))  # Eq. 1: I_w+
-            rec_terms = rec(out["image"].float(), img)
-            front = G.synthesis(w_plus, cam.canonical_camera(img.shape[0], device=device),
-                                superresolution=common.mask_needs_image(mask),  # Eq. 4 needs D and M only
-                                **render_uniforms(G, p.stage1.batch_size, gen, d))
-        m = common.background_mask(mask, front)
-        bg = L.bg_depth_loss(front["image_depth"].float(), m, d_avg)            # Eq. 4 (front view)
+        # --- encoder step (Eq. 11); G in fp32 (module docstring)
+        out = G.synthesis(w_plus, c, **render_uniforms(G, p.stage1.batch_size, gen, d))  # Eq. 1: I_w+
+        rec_terms = rec(out["image"].float(), img)
+        # the tri-plane does not depend on the camera: render I_w+'s planes again at c_front
+        bg = front_bg_loss(lambda cf, **kw: G.render_planes(out["planes"], cf, w_plus, **kw), mask, d_avg,
+                           img.shape[0], device, render_uniforms(G, p.stage1.batch_size, gen, d))
         adv_e = L.encoder_adv_loss(D, w_plus, p.loss.d_rows)                     # Eq. 3
         wd = L.w_plus_delta_loss(w_plus, n_active)
         terms = L.stage1_encoder_loss(W, rec_terms, adv_e=adv_e, bg=bg, w_delta=wd, d_adv=d_out)
@@ -226,10 +236,11 @@ def train_stage1(p: Params, data_dir, davg_dir, out_dir, state_dir, curve_path, 
 
 
 def train_stage2(p: Params, data_dir, stage1_dir, out_dir, state_dir, curve_path, device, d: Dist = Dist(), *,
-                 generator, log=print, metrics=lambda m, s: None,
+                 generator, davg_dir=None, log=print, metrics=lambda m, s: None,
                  on_step: Callable[[int, torch.nn.Module], None] | None = None) -> dict:
     """`on_step(n, afa)` after every step (benchmarks evaluate snapshots this way: with a constant learning
-    rate and per-step seeding, the AFA after n steps of a longer run is the AFA of an n-step run)."""
+    rate and per-step seeding, the AFA after n steps of a longer run is the AFA of an n-step run).
+    `davg_dir`: the davg stage's out, D_avg for λ5·L_BG (needed unless `loss.stage2_bg` is off or λ5 = 0)."""
     prov: dict = {}
     G, gcfg = common.load_generator(generator, device=device)
     prov["generator"] = gcfg.get("provenance")
@@ -243,26 +254,42 @@ def train_stage2(p: Params, data_dir, stage1_dir, out_dir, state_dir, curve_path
     common.apply_runtime(p, device, G, A)
     rec = common.build_rec_loss(p, prov, device)
     W = p.loss
+    use_bg = p.loss.stage2_bg and W.lambda5 > 0
+    davg_file = None if davg_dir is None else Path(davg_dir) / DAVG_FILE
+    if use_bg:
+        if davg_file is None or not davg_file.is_file():
+            raise FileNotFoundError(f"stage 2 with loss.stage2_bg needs D_avg (the davg stage's out) at {davg_file}; "
+                                    "run the davg stage, or set loss.stage2_bg: false (release behaviour)")
+        mask = common.build_mask(p, prov, device)
+        d_avg = load_davg(davg_dir, p.loss.d_avg, device)
+    prov["stage2_bg"] = "on: λ5·L_BG on F* at the front camera (paper §4.2)" if use_bg else \
+        "off: no L_BG in stage 2 (release behaviour)"
     opt = torch.optim.Adam(A.parameters(), lr=p.stage2.lr)
     ds = LabeledImages(data_dir, resolution=G.img_resolution)
+    files = [*_generator_files(generator), Path(stage1_dir) / "encoder.safetensors", *([davg_file] if use_bg else [])]
     tr = _trainer(p, "stage2", p.stage2, ds, device, d, state_dir, curve_path, STAGE2_COLUMNS,
-                  stage_hash(p, inputs=inputs_fingerprint([*_generator_files(generator),
-                                                           Path(stage1_dir) / "encoder.safetensors"], [data_dir])),
-                  log, metrics)
+                  stage_hash(p, inputs=inputs_fingerprint(files, [data_dir])), log, metrics)
     tr.state_objects = {"afa": A, "opt": opt}
     A.train()
 
     def step_fn(step: int, batch: dict, gen: torch.Generator) -> dict:
         img, c = batch["image"], batch["label"]
-        with torch.no_grad(), autocast(device, p.runtime):
-            w_plus = model.encode(img).float()
-            skip, feat = G.synthesis_to_F(w_plus)
+        with torch.no_grad():
+            with autocast(device, p.runtime):
+                w_plus = model.encode(img)
+            w_plus = w_plus.float()
+            skip, feat = G.synthesis_to_F(w_plus)     # G in fp32 (module docstring)
             out_w = G.synthesis_from_F(feat, skip, w_plus, c, **render_uniforms(G, p.stage2.batch_size, gen, d))
         with autocast(device, p.runtime):
-            f_star, _, _ = model.refine(img, out_w["image"].float(), feat.float())   # Eq. 6
-            out_f = G.synthesis_from_F(f_star, skip, w_plus, c, **render_uniforms(G, p.stage2.batch_size, gen, d))
-            rec_terms = rec(out_f["image"].float(), img)
-        terms = L.stage2_loss(W, rec_terms, L.delta_f_loss(f_star.float(), feat.float()))
+            f_star, _, _ = model.refine(img, out_w["image"], feat)   # Eq. 6
+        f_star = f_star.float()
+        out_f = G.synthesis_from_F(f_star, skip, w_plus, c, **render_uniforms(G, p.stage2.batch_size, gen, d))
+        rec_terms = rec(out_f["image"], img)
+        bg = None
+        if use_bg:  # the F* tri-plane at c_front (its planes do not depend on the camera)
+            bg = front_bg_loss(lambda cf, **kw: G.render_planes(out_f["planes"], cf, w_plus, **kw), mask, d_avg,
+                               img.shape[0], device, render_uniforms(G, p.stage2.batch_size, gen, d))
+        terms = L.stage2_loss(W, rec_terms, L.delta_f_loss(f_star, feat), bg=bg)
         vals = check_finite(step, {k: terms[k] for k in STAGE2_COLUMNS if k in terms}, str(state_dir))
         opt.zero_grad(set_to_none=True)
         terms["total"].backward()
