@@ -44,6 +44,6 @@ def test_summary_needs_every_seed_and_reports_the_first_budget():
     assert cells[(40, 30)]["holds_fraction"]["all_hold"] == 0.5
     assert cells[(40, 60)]["seeds"] == [0, 1]
     assert abs(cells[(40, 30)]["mead_lpips_mix_minus_nomix"]["max"] - 0.005) < 1e-12
-    assert s["holds_at"] == {"stage1_iters": 40, "stage2_iters": 120, "seeds": [0, 1]}
+    assert s["holds_at"] == {"gap": 0.0, "stage1_iters": 40, "stage2_iters": 120, "seeds": [0, 1]}
     # mean of (+0.005, -0.015) over the two seeds is negative at 30 already
-    assert s["holds_in_mean_at"] == {"stage1_iters": 40, "stage2_iters": 30, "seeds": [0, 1]}
+    assert s["holds_in_mean_at"] == {"gap": 0.0, "stage1_iters": 40, "stage2_iters": 30, "seeds": [0, 1]}
