@@ -210,7 +210,8 @@ def summarize_sweep(runs: list[dict]) -> dict:
 
 def plot_gap(summary: dict, out: str | Path) -> Path | None:
     """PNG: each difference behind the two orderings against the world's gap, one line per budget (mean
-    over seeds, bars = min..max). Below 0 = the paper's ordering. None when the sweep has one gap only."""
+    over seeds, bars = min..max) for the budgets measured at two gaps or more. Below 0 = the paper's
+    ordering. None when the sweep has one gap only."""
     table = summary["table"]
     gaps = sorted({r["gap"] for r in table})
     if len(gaps) < 2:
@@ -221,7 +222,8 @@ def plot_gap(summary: dict, out: str | Path) -> Path | None:
     titles = {"celeba_mse_goae_minus_wplus": "input view MSE: full - w+",
               "celeba_lpips_goae_minus_wplus": "input view LPIPS: full - w+",
               "mead_lpips_mix_minus_nomix": "novel views LPIPS: mix - no mix"}
-    budgets = sorted({(r["stage1_iters"], r["stage2_iters"]) for r in table})
+    at = lambda b: {r["gap"] for r in table if (r["stage1_iters"], r["stage2_iters"]) == b}  # noqa: E731
+    budgets = sorted(b for b in {(r["stage1_iters"], r["stage2_iters"]) for r in table} if len(at(b)) > 1)
     fig, axes = plt.subplots(1, len(titles), figsize=(5 * len(titles), 4))
     for ax, (key, title) in zip(axes, titles.items()):
         for i, (s1, s2) in enumerate(budgets):
