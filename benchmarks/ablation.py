@@ -7,7 +7,11 @@ occlusion-aware mix beat no mix on novel views (MEAD LPIPS, mean of the yaw_pm60
     python benchmarks/ablation.py --sweep --stage1 1,4 --seeds 0,1,2 --stage2-steps 30,120,480 \
         --out a.json                                   # per (stage-1 multiplier, training seed): one stage-2
                                                        # run, evaluated at each listed step count
-    python benchmarks/ablation.py --merge a.json b.json     # -> benchmarks/results/ablation.json
+    python benchmarks/ablation.py --sweep --gaps 0,0.5,1 --seeds 0,1 --stage2-steps 30,60 --out g.json
+                                                       # the same per data.gap: each gap renders its own
+                                                       # embedded world (goae.data.teacher) in a temp dir
+    python benchmarks/ablation.py --merge a.json b.json     # -> benchmarks/results/ablation.json + the
+                                                       # gap plot benchmarks/results/ablation_gap.png
                                                        # (an earlier ablation.json merges like a sweep file)
 
 Sweep: one training seed per run (stage1.seed = stage2.seed = seed; eval.seed and the protocol stay
@@ -165,36 +169,90 @@ CHECK_KEYS = ("full_beats_wplus_mse", "full_beats_wplus_lpips", "mix_beats_nomix
 
 
 def summarize_sweep(runs: list[dict]) -> dict:
-    """Per budget (stage-1 multiplier, stage-2 iterations), over training seeds: how often each check holds
-    and the mean/min/max of the differences behind it (negative = the paper's ordering)."""
-    cells: dict[tuple[int, int], list[dict]] = {}
+    """Per world gap and budget (stage-1 multiplier, stage-2 iterations), over training seeds: how often each
+    check holds and the mean/min/max of the differences behind it (negative = the paper's ordering).
+    Runs without a `gap` (sweeps before data.gap existed) are the gap-0 world."""
+    cells: dict[tuple[float, int, int], list[dict]] = {}
     for r in runs:
         for e in r["stage2"]:
-            cells.setdefault((r["stage1_iters"], e["stage2_iters"]), []).append(e | {"seed": r["seed"]})
+            cells.setdefault((float(r.get("gap", 0.0)), r["stage1_iters"], e["stage2_iters"]), []).append(
+                e | {"seed": r["seed"]})
     table = []
-    for (s1, s2), es in sorted(cells.items()):
-        row = {"stage1_iters": s1, "stage2_iters": s2, "seeds": [e["seed"] for e in es]}
+    for (gap, s1, s2), es in sorted(cells.items()):
+        row = {"gap": gap, "stage1_iters": s1, "stage2_iters": s2, "seeds": [e["seed"] for e in es]}
         row["holds_fraction"] = {k: sum(bool(e["checks"][k]) for e in es) / len(es) for k in CHECK_KEYS}
         for name, fn in {**DIFFS, **CONTEXT}.items():
             v = [fn(e["metrics"]) for e in es]
             row[name] = {"mean": sum(v) / len(v), "min": min(v), "max": max(v)}
         row["mean_order_holds"] = all(row[n]["mean"] < 0 for n in DIFFS)
         table.append(row)
-    first = next((r for r in table if r["holds_fraction"]["all_hold"] == 1.0 and len(r["seeds"]) > 1), None)
-    first_mean = next((r for r in table if r["mean_order_holds"] and len(r["seeds"]) > 1), None)
-    pick = lambda r: None if r is None else {k: r[k] for k in ("stage1_iters", "stage2_iters", "seeds")}  # noqa: E731
+    pick = lambda r: None if r is None else {k: r[k] for k in ("gap", "stage1_iters", "stage2_iters", "seeds")}  # noqa: E731
+    multi = [r for r in table if len(r["seeds"]) > 1]
+    first = lambda ok: pick(next((r for r in multi if ok(r)), None))  # noqa: E731
     entries = [e for es in cells.values() for e in es]
     mix_d, ctx_d = DIFFS["mead_lpips_mix_minus_nomix"], CONTEXT["mead_lpips_wplus_minus_nomix"]
     agree = sum((mix_d(e["metrics"]) < 0) == (ctx_d(e["metrics"]) < 0) for e in entries)
-    return {"definition": "a budget (stage-1 iters, stage-2 iters) 'holds' when every check holds for every "
-                          "training seed run at it, 'holds_in_mean' when each difference averaged over the "
-                          "seeds is negative; both need at least 2 seeds; the first such budget in "
-                          "(stage-1, stage-2) order is reported",
-            "holds_at": pick(first), "holds_in_mean_at": pick(first_mean),
+    return {"definition": "a cell (gap, stage-1 iters, stage-2 iters) 'holds' a check when it holds for every "
+                          "training seed run there, 'holds_in_mean' when each difference averaged over the "
+                          "seeds is negative; both need at least 2 seeds; the first such cell in (gap, stage-1, "
+                          "stage-2) order is reported, per check and for all of them",
+            "holds_at": first(lambda r: r["holds_fraction"]["all_hold"] == 1.0),
+            "holds_in_mean_at": first(lambda r: r["mean_order_holds"]),
+            "each_holds_at": {k: first(lambda r, k=k: r["holds_fraction"][k] == 1.0) for k in CHECK_KEYS[:3]},
             "mix_wins_when_wplus_beats_nomix": {
                 "what": "evaluations in which (mix beats no-mix on novel LPIPS) == (w+ alone beats no-mix there)",
                 "agree": agree, "of": len(entries)},
             "table": table}
+
+
+def plot_gap(summary: dict, out: str | Path) -> Path | None:
+    """PNG: each difference behind the two orderings against the world's gap, one line per budget (mean
+    over seeds, bars = min..max) for the budgets measured at two gaps or more. Below 0 = the paper's
+    ordering. None when the sweep has one gap only."""
+    table = summary["table"]
+    gaps = sorted({r["gap"] for r in table})
+    if len(gaps) < 2:
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    titles = {"celeba_mse_goae_minus_wplus": "input view MSE: full - w+",
+              "celeba_lpips_goae_minus_wplus": "input view LPIPS: full - w+",
+              "mead_lpips_mix_minus_nomix": "novel views LPIPS: mix - no mix"}
+    at = lambda b: {r["gap"] for r in table if (r["stage1_iters"], r["stage2_iters"]) == b}  # noqa: E731
+    budgets = sorted(b for b in {(r["stage1_iters"], r["stage2_iters"]) for r in table} if len(at(b)) > 1)
+    fig, axes = plt.subplots(1, len(titles), figsize=(5 * len(titles), 4))
+    for ax, (key, title) in zip(axes, titles.items()):
+        for i, (s1, s2) in enumerate(budgets):
+            rows = sorted((r for r in table if (r["stage1_iters"], r["stage2_iters"]) == (s1, s2)),
+                          key=lambda r: r["gap"])
+            x = [r["gap"] + 0.01 * (i - len(budgets) / 2) for r in rows]  # small offset: bars stay apart
+            mean = [r[key]["mean"] for r in rows]
+            err = [[m - r[key]["min"] for m, r in zip(mean, rows)], [r[key]["max"] - m for m, r in zip(mean, rows)]]
+            n = max(len(r["seeds"]) for r in rows)
+            ax.errorbar(x, mean, yerr=err, marker="o", capsize=3, label=f"stage 1 {s1} it, stage 2 {s2} it ({n} seeds)")
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set_xlabel("data.gap (teacher detail / plane feature spread)")
+        ax.set_title(title + "  (< 0: paper's order)")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out
+
+
+def world_at_gap(p, gap: float, folder: Path, device) -> Path:
+    """Render the embedded world of `p` with data.gap = `gap` (no photos) and prepare it -> prepared dir."""
+    from goae.data.prepare import prepare_all
+    from goae.data.world import render_world
+    from goae.train import common
+    q = dataclasses.replace(p, data=dataclasses.replace(p.data, gap=float(gap), photos=False))
+    G, _ = common.load_generator(GENERATOR, device=device)
+    render_world(G, q.data, folder / "raw", device)
+    prepare_all(q, folder / "raw", folder / "prepared", device, log=lambda *a, **kw: None)
+    return folder / "prepared"
 
 
 def train_and_evaluate(p, k: int, data: Path, device, log) -> dict:
@@ -236,10 +294,13 @@ def main(argv=None) -> dict:
     ap.add_argument("--stage1", default="1", help="sweep: comma-separated stage-1 budget multipliers")
     ap.add_argument("--seeds", default="0", help="sweep: comma-separated training seeds")
     ap.add_argument("--stage2-steps", default="30,60,120,240,480", help="sweep: stage-2 step counts to evaluate")
+    ap.add_argument("--gaps", default="", help="sweep: comma-separated data.gap values; each renders its own "
+                                                "world in a temp dir (default: the world in --data)")
+    ap.add_argument("--plot", default="benchmarks/results/ablation_gap.png", help="merge: gap plot PNG")
     ap.add_argument("--merge", nargs="+", default=None, help="sweep result files to merge into --out")
     a = ap.parse_args(argv)
     if a.merge:
-        return merge(a.merge, a.out, a.params, a.eval)
+        return merge(a.merge, a.out, a.params, a.eval, a.plot)
     if a.threads:
         torch.set_num_threads(a.threads)
     p = load_params(a.params)
@@ -253,11 +314,17 @@ def main(argv=None) -> dict:
         save = lambda runs: write_json_atomic(a.out, json_safe({  # noqa: E731
             **result, "source": "trained here (sweep)", "runs": runs, "summary": summarize_sweep(runs)}))
         ints = lambda x: [int(v) for v in x.split(",") if v.strip()]  # noqa: E731
-        for k in ints(a.stage1):
-            for seed in ints(a.seeds):
-                print(f"[ablation] sweep: stage 1 at {k}x, seed {seed}", flush=True)
-                done.append(sweep_run(p, k, seed, ints(a.stage2_steps), Path(a.data), device,
-                                      lambda s: print(f"[ablation] {s}", flush=True), lambda r: save(done + [r])))
+        gaps = [float(v) for v in a.gaps.split(",") if v.strip()] or [None]
+        for gap in gaps:
+            with tempfile.TemporaryDirectory(prefix="goae-world-") as world:
+                data = Path(a.data) if gap is None else world_at_gap(p, gap, Path(world), device)
+                for k in ints(a.stage1):
+                    for seed in ints(a.seeds):
+                        print(f"[ablation] sweep: gap {gap}, stage 1 at {k}x, seed {seed}", flush=True)
+                        tag = {"gap": p.data.gap if gap is None else gap}
+                        done.append(sweep_run(p, k, seed, ints(a.stage2_steps), data, device,
+                                              lambda s: print(f"[ablation] {s}", flush=True),
+                                              lambda r: save(done + [tag | r])) | tag)
         return json.loads(Path(a.out).read_text())
     if not a.train:
         result.update(from_eval_json(p, a.eval))
@@ -287,7 +354,7 @@ def from_eval_json(p, path: str) -> dict:
             "real_weights": ev.get("real_weights")}
 
 
-def merge(files: list[str], out: str, params: str, eval_json: str | None = None) -> dict:
+def merge(files: list[str], out: str, params: str, eval_json: str | None = None, plot: str | None = None) -> dict:
     """Sweep files -> one result: every run, the per-budget summary over seeds, and the default-budget
     pipeline figures (metrics/eval.json) when present."""
     parts = [json.loads(Path(f).read_text()) for f in files]
@@ -300,8 +367,10 @@ def merge(files: list[str], out: str, params: str, eval_json: str | None = None)
                   summary=summarize_sweep(runs), runs=runs)
     if eval_json and Path(eval_json).is_file():   # the pipeline's own run at the params' budget
         result["pipeline_run"] = from_eval_json(p, eval_json) | {"threads": "runtime.threads (torch default)"}
+    if plot and plot_gap(result["summary"], plot):
+        result["plot"] = str(plot)
     write_json_atomic(out, json_safe(result))
-    print(json.dumps(result["summary"]["holds_at"]), json.dumps(result["summary"]["holds_in_mean_at"]))
+    print(json.dumps(result["summary"]["holds_at"]), json.dumps(result["summary"]["each_holds_at"]))
     return result
 
 

@@ -39,6 +39,7 @@ class DataConfig:
     train_yaw_deg: float = field(default=35.0, metadata=_rng(0, 90))
     train_pitch_deg: float = field(default=15.0, metadata=_rng(0, 60))
     photos: bool = True  # add the real photos installed packages ship (astronaut, grace_hopper)
+    gap: float = field(default=0.0, metadata=_rng(0))  # teacher detail / clean plane spread (goae.data.teacher); 0 = G itself
     # user folders (source: folders)
     ffhq: Optional[str] = None
     celeba: Optional[str] = None

@@ -29,7 +29,7 @@ TINY_GENERATOR = dict(img_resolution=128, channel_base=256, channel_max=16, neur
                       depth_resolution=6, depth_resolution_importance=6, w_avg_samples=50)
 TINY_OVERRIDES = {
     "generator": TINY_GENERATOR,
-    "data": {"n_train": 4, "n_celeba": 1, "n_mead_ids": 1, "mead_yaws_deg": [0.0], "photos": False},
+    "data": {"n_train": 4, "n_celeba": 1, "n_mead_ids": 1, "mead_yaws_deg": [0.0], "photos": False, "gap": 0.0},
     "davg": {"n_samples": 8, "batch_size": 4},
     # No progressive-stage switch within a test's few steps: see test_reliability's renderer xfail.
     "encoder": {"size": "tiny", "schedule": [50, 100, 150]},

@@ -117,10 +117,13 @@ def test_end_to_end_tiny_run_writes_all_methods_and_grids(tmp_path):
     files = R.save_grids(ev.samples, tmp_path / "grids", log=False)
     assert sorted(f.name for f in files) == sorted(f"{pr}_{m}.png" for pr in ("celeba", "mead") for m in names)
     from PIL import Image
-    with Image.open(tmp_path / "grids" / "celeba_goae.png") as im:    # 5 rows (input, rec, 2 novel, depth) x 2
-        assert im.size == (2 * 128, 5 * 128)
+    # 2 images x 5 columns (input, rec, 2 novel, depth), plus the label strips (top: columns, left: rows)
+    index = json.loads((tmp_path / "grids" / "index.json").read_text())
+    assert index["celeba_goae.png"]["columns"] == ["input", "reconstruction", "yaw -30", "yaw +30", "depth"]
+    with Image.open(tmp_path / "grids" / "celeba_goae.png") as im:
+        assert 5 * 128 < im.size[0] < 5 * 128 + 80 and 2 * 128 < im.size[1] < 2 * 128 + 30
     with Image.open(tmp_path / "grids" / "mead_goae.png") as im:      # (real, rendered) x 3 sources, 3 yaws
-        assert im.size == (3 * 128, 6 * 128)
+        assert 3 * 128 < im.size[0] < 3 * 128 + 160 and 6 * 128 < im.size[1] < 6 * 128 + 30
     assert math.isfinite(c["goae"]["geo_err"])
 
 
@@ -178,3 +181,17 @@ def test_official_row_pti_recipe_and_metric_size_in_the_evaluation(tmp_path):
     assert "computed at 64x64" in md
     with pytest.raises(ValueError, match="both"):
         P.build_official(params_from_dict({"assets": {"goae_encoder": conv}}), G, "cpu", {"generator": "g"})
+
+
+def test_label_grid_draws_labels_and_keeps_tiles():
+    import numpy as np
+    grid = np.full((2 * 16, 3 * 40, 3), 128, np.uint8)
+    out = R.label_grid(grid, 16, 40, ["input", "recon", "depth"], ["image 0", "image 1"])
+    top, left = out.shape[0] - grid.shape[0], out.shape[1] - grid.shape[1]
+    assert top > 0 and left > 0
+    assert (out[top:, left:] == grid).all()                     # tiles untouched
+    strip = out[:top, left:]
+    for i in range(3):                                           # each column's label puts ink above it
+        assert (strip[:, i * 40:(i + 1) * 40] < 100).any()
+    assert (out[top:, :left] < 100).any()                        # row labels too
+    assert R.label_grid(grid, 16, 40, None, None).shape == grid.shape

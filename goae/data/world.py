@@ -6,7 +6,8 @@ initialised EG3D (fixed seed; `w_avg` estimated from its mapping network) that r
 - `celeba`: near-frontal identities (the CelebA-HQ test stand-in),
 - `mead`:   identities × yaw {0, ±30°, ±60°} (the MEAD stand-in), one w per identity,
 with ground-truth w, exact ray-distance depth maps and opacity, plus the real photos installed packages
-ship (`wild`). Identities are mapped with the canonical camera (as EG3D's gen_samples.py does), so the
+ship (`wild`). `data.gap` > 0 renders them with the teacher (goae.data.teacher): the same generator plus
+a per-identity 3D detail field no w+ expresses, the embedded stand-in for real photos' domain gap. Identities are mapped with the canonical camera (as EG3D's gen_samples.py does), so the
 world lives in the canonical latent space W_c the paper inverts into.
 """
 from __future__ import annotations
@@ -21,6 +22,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from goae.data.dataset import save_png, write_dataset_json, write_json_atomic
+from goae.data.teacher import add_detail
 from goae.eg3d import camera as cam
 from goae.eg3d.generator import TriPlaneGenerator
 
@@ -123,10 +125,16 @@ def calibrate_density(G, device, target: float = 0.45, n: int = 8, iters: int = 
 
 
 @torch.no_grad()
-def render_views(G, ws: torch.Tensor, labels: torch.Tensor, seed: int) -> dict:
-    """Render one batch; the renderer's two random draws come from an explicit generator."""
+def render_views(G, ws: torch.Tensor, labels: torch.Tensor, seed: int, gap: float = 0.0,
+                 detail_seeds: list[int] | None = None) -> dict:
+    """Render one batch; the renderer's two random draws come from an explicit generator. gap > 0: the
+    teacher (goae.data.teacher) renders, with one detail field per identity (`detail_seeds`)."""
     gen = torch.Generator(device=ws.device).manual_seed(seed)
-    out = G.synthesis(ws, labels, noise_mode="const", generator=gen)
+    if gap == 0:
+        out = G.synthesis(ws, labels, noise_mode="const", generator=gen)
+    else:
+        _, planes = G._run_backbone(ws, noise_mode="const", generator=gen)
+        out = G.render_planes(add_detail(planes, detail_seeds, gap), labels, ws, noise_mode="const", generator=gen)
     res = out["image_depth"].shape[-1]
     ws_sum = out["weights_sum"].reshape(ws.shape[0], 1, res, res)
     return {"image": out["image"].clamp(-1, 1), "depth": out["image_depth"], "opacity": ws_sum}
@@ -144,12 +152,21 @@ def _write_split(folder: Path, names, images, depths, opacity, labels, ws, meta)
     write_json_atomic(folder / "meta.json", meta)
 
 
-def _render_split(G, folder, names, ws, labels, seed, batch, desc, meta):
+def _render_split(G, folder, names, ws, labels, seed, batch, desc, meta, gap=0.0, detail_seeds=None):
     imgs, deps, ops = [], [], []
     for s in tqdm(range(0, len(names), batch), desc=desc, leave=False):
-        r = render_views(G, ws[s:s + batch], labels[s:s + batch], seed + s)
+        r = render_views(G, ws[s:s + batch], labels[s:s + batch], seed + s, gap,
+                         None if detail_seeds is None else detail_seeds[s:s + batch])
         imgs.append(r["image"].cpu()); deps.append(r["depth"].cpu()); ops.append(r["opacity"].cpu())
     _write_split(folder, names, torch.cat(imgs), torch.cat(deps), torch.cat(ops), labels.cpu(), ws.cpu(), meta)
+
+
+DETAIL_SPLIT = {"train": 1, "celeba": 2, "mead": 3}
+
+
+def detail_seeds(data_seed: int, split: str, ids) -> list[int]:
+    """Seeds of the teacher's per-identity detail: distinct per data seed, split and identity."""
+    return [(data_seed * 4 + DETAIL_SPLIT[split]) * 1_000_003 + i for i in ids]
 
 
 def _codes(G, n, g, device):
@@ -162,7 +179,8 @@ def render_world(G, dcfg, out_dir: str | Path, device="cpu", batch: int = 8) -> 
     """Render train / celeba / mead (+ wild photos) under `out_dir`; returns a summary."""
     out_dir = Path(out_dir)
     g = torch.Generator().manual_seed(dcfg.seed)
-    summary = {}
+    gap = float(dcfg.gap)
+    summary = {"gap": gap}
 
     # train: random poses (uniform yaw/pitch within the configured range around frontal)
     n = dcfg.n_train
@@ -172,7 +190,8 @@ def render_world(G, dcfg, out_dir: str | Path, device="cpu", batch: int = 8) -> 
     labels = cam.yaw_pitch_camera(yaw, pitch, device=device)
     names = [f"img{i:05d}.png" for i in range(n)]
     _render_split(G, out_dir / "train", names, ws, labels, 10_000, batch, "world/train",
-                  {"split": "train", "yaw_deg": yaw.rad2deg().tolist(), "pitch_deg": pitch.rad2deg().tolist()})
+                  {"split": "train", "yaw_deg": yaw.rad2deg().tolist(), "pitch_deg": pitch.rad2deg().tolist(),
+                   "gap": gap}, gap, detail_seeds(dcfg.seed, "train", range(n)))
     summary["train"] = n
 
     # celeba: near-frontal input views (small pose jitter)
@@ -183,7 +202,8 @@ def render_world(G, dcfg, out_dir: str | Path, device="cpu", batch: int = 8) -> 
     labels = cam.yaw_pitch_camera(yaw, pitch, device=device)
     names = [f"img{i:05d}.png" for i in range(n)]
     _render_split(G, out_dir / "celeba", names, ws, labels, 20_000, batch, "world/celeba",
-                  {"split": "celeba", "yaw_deg": yaw.rad2deg().tolist(), "pitch_deg": pitch.rad2deg().tolist()})
+                  {"split": "celeba", "yaw_deg": yaw.rad2deg().tolist(), "pitch_deg": pitch.rad2deg().tolist(),
+                   "gap": gap}, gap, detail_seeds(dcfg.seed, "celeba", range(n)))
     summary["celeba"] = n
 
     # mead: one code per identity, rendered at every yaw (pitch 0)
@@ -194,8 +214,11 @@ def render_world(G, dcfg, out_dir: str | Path, device="cpu", batch: int = 8) -> 
     labels = cam.yaw_pitch_camera(yaw.deg2rad(), torch.zeros_like(yaw), device=device)
     names = [f"id{i:03d}_yaw{int(round(y)):+03d}.png" for i in range(ids) for y in yaws]
     groups = {f"id{i:03d}": names[i * len(yaws):(i + 1) * len(yaws)] for i in range(ids)}
+    # one detail field per identity, the same at every yaw: novel views see the same 3D detail
+    id_seeds = detail_seeds(dcfg.seed, "mead", range(ids))
     _render_split(G, out_dir / "mead", names, ws, labels, 30_000, batch, "world/mead",
-                  {"split": "mead", "yaws_deg": yaws, "identities": groups})
+                  {"split": "mead", "yaws_deg": yaws, "identities": groups, "gap": gap}, gap,
+                  [s for s in id_seeds for _ in yaws])
     summary["mead"] = len(names)
 
     if dcfg.photos:

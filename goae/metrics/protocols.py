@@ -259,14 +259,16 @@ def _celeba_row(m: Inverter, data: SplitData, p: EvalProtocol, nets, device, sam
         depths.append(dep)
         if samples is not None and s == 0:
             k = min(p.grid_n, x.shape[0])
-            rows = [data.images[:k], img[:k]]
+            cols = [data.images[:k], img[:k]]
             for j, yaw in enumerate(p.grid_yaws_deg):
                 cn = cam.yaw_pitch_camera(torch.full((x.shape[0],), math.radians(yaw)),
                                           torch.zeros(x.shape[0]), device=device)
-                rows.append(_out(m.render(h, cn, _gen(p, device, "grid", s, j)))[0][:k])
-            rows.append(depth_to_image(dep[:k], img.shape[-1]))
-            samples.update(rows=rows, labels=["input", "reconstruction", *[f"yaw {y:+.0f}" for y in p.grid_yaws_deg],
-                                              "depth"], nrow=k)
+                cols.append(_out(m.render(h, cn, _gen(p, device, "grid", s, j)))[0][:k])
+            cols.append(depth_to_image(dep[:k], img.shape[-1]))
+            # one grid row per image, one column per kind of view (the labels are drawn above them)
+            samples.update(rows=[torch.stack([c[i] for c in cols]) for i in range(k)],
+                           labels=[f"image {i}" for i in range(k)], nrow=len(cols),
+                           columns=["input", "reconstruction", *[f"yaw {y:+.0f}" for y in p.grid_yaws_deg], "depth"])
         del h
     rec, depth = torch.cat(recs), torch.cat(depths)
     idx = list(range(n))
@@ -320,6 +322,7 @@ def _mead_row(m: Inverter, data: SplitData, p: EvalProtocol, nets, device, sampl
                 samples.setdefault("labels", []).extend([f"real views ({data.identity_names[0]})",
                                                          f"from yaw {y_src:+.0f}"])
                 samples["nrow"] = len(yaws)
+                samples["columns"] = [f"yaw {y:+.0f}" for y in yaws]
             del h
         fake, depth = torch.cat(fakes), torch.cat(depths)
         per_source[y_src] = _novel_metrics(p, nets, data, fake, depth, tgt_idx, ("mead", y_src), device)

@@ -182,8 +182,31 @@ def table1_markdown(results: dict, protocol: dict, weights: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def label_grid(grid, tile_h: int, tile_w: int, columns: list[str] | None, rows: list[str] | None):
+    """Draw column labels in a strip above a tiled HWC uint8 grid and row labels in a strip left of it, so
+    the PNG reads without index.json. Text is PIL's built-in bitmap font (no font file needed)."""
+    import numpy as np
+    from PIL import Image, ImageDraw, ImageFont
+    font = ImageFont.load_default()
+    measure = lambda t: ImageDraw.Draw(Image.new("L", (1, 1))).textbbox((0, 0), t, font=font)  # noqa: E731
+    top = (max(measure(t)[3] for t in columns) + 6) if columns else 0
+    left = (max(measure(t)[2] for t in rows) + 8) if rows else 0
+    h, w = grid.shape[:2]
+    canvas = Image.new("RGB", (left + w, top + h), (255, 255, 255))
+    canvas.paste(Image.fromarray(grid), (left, top))
+    draw = ImageDraw.Draw(canvas)
+    for i, t in enumerate(columns or []):
+        x0, _, x1, _ = measure(t)
+        draw.text((left + i * tile_w + (tile_w - (x1 - x0)) // 2, 3), t, fill=(0, 0, 0), font=font)
+    for i, t in enumerate(rows or []):
+        _, y0, _, y1 = measure(t)
+        draw.text((4, top + i * tile_h + (tile_h - (y1 - y0)) // 2), t, fill=(0, 0, 0), font=font)
+    return np.asarray(canvas)
+
+
 def save_grids(samples: dict, out_dir, log: bool = True) -> list[Path]:
-    """One PNG per (protocol, method): rows as stored by evaluate_method; also logged to MLflow."""
+    """One PNG per (protocol, method): rows as stored by evaluate_method, their labels drawn left and the
+    column labels (`columns`) on top; also logged to MLflow (unlabelled tiles)."""
     import torch
     from PIL import Image
 
@@ -201,10 +224,12 @@ def save_grids(samples: dict, out_dir, log: bool = True) -> list[Path]:
                               for r in rows])     # pad short rows with black
             name = f"{proto}_{method}"
             path = out_dir / f"{name}.png"
-            Image.fromarray(tracking.image_grid(imgs, nrow=nrow)).save(path)
+            grid = label_grid(tracking.image_grid(imgs, nrow=nrow), imgs.shape[-2], imgs.shape[-1],
+                              s.get("columns"), s["labels"])
+            Image.fromarray(grid).save(path)
             if log:
                 tracking.log_image_grid(name, imgs, nrow=nrow)
-            index[path.name] = s["labels"]
+            index[path.name] = {"columns": s.get("columns"), "rows": s["labels"]}
             written.append(path)
     (out_dir / "index.json").write_text(json.dumps(index, indent=1))
     return written
