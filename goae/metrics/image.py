@@ -92,7 +92,8 @@ def build_lpips(alexnet_path: str | Path | None = None, heads_path: str | Path |
         try:
             inner.net.load_state_dict(trunk, strict=True)
         except RuntimeError as e:
-            raise RuntimeError(f"{p} is not a torchvision {net} state_dict: {e}") from None
+            name = {"alex": "AlexNet", "vgg": "vgg16"}.get(net, net)
+            raise RuntimeError(f"{p} is not a torchvision {name} state_dict: {e}") from None
         prov.append(f"trunk={p.name} sha256:{sha256_file(p)}")
     return LPIPSNet(inner.eval().requires_grad_(False), " ".join(prov))
 
