@@ -110,7 +110,8 @@ def sweep_run(p, k: int, seed: int, stage2_steps: list[int], data: Path, device,
     from goae.train import common
     from goae.train.stages import train_stage1, train_stage2
     q = seeded_params(p, k, seed, max(stage2_steps))
-    run = {"stage1_multiplier": k, "seed": seed, "stage1_iters": q.stage1.iters, "stage1_batch": q.stage1.batch_size,
+    run = {"stage1_multiplier": k, "seed": seed, "stage2_bg": bool(q.loss.stage2_bg and q.loss.lambda5 > 0),
+           "stage1_iters": q.stage1.iters, "stage1_batch": q.stage1.batch_size,
            "stage2_batch": q.stage2.batch_size, "encoder_schedule": list(q.encoder.schedule), "stage2": []}
     quiet = lambda *a, **kw: None  # noqa: E731
     with tempfile.TemporaryDirectory(prefix="goae-sweep-") as tmp:
@@ -169,33 +170,35 @@ CHECK_KEYS = ("full_beats_wplus_mse", "full_beats_wplus_lpips", "mix_beats_nomix
 
 
 def summarize_sweep(runs: list[dict]) -> dict:
-    """Per world gap and budget (stage-1 multiplier, stage-2 iterations), over training seeds: how often each
-    check holds and the mean/min/max of the differences behind it (negative = the paper's ordering).
-    Runs without a `gap` (sweeps before data.gap existed) are the gap-0 world."""
-    cells: dict[tuple[float, int, int], list[dict]] = {}
+    """Per stage-2 objective, world gap and budget (stage-1 multiplier, stage-2 iterations), over training
+    seeds: how often each check holds and the mean/min/max of the differences behind it (negative = the
+    paper's ordering). Runs without a `gap` (sweeps before data.gap existed) are the gap-0 world; runs
+    without `stage2_bg` predate λ5·L_BG in stage 2 (False). Cells with the paper's objective come first."""
+    cells: dict[tuple[bool, float, int, int], list[dict]] = {}
     for r in runs:
         for e in r["stage2"]:
-            cells.setdefault((float(r.get("gap", 0.0)), r["stage1_iters"], e["stage2_iters"]), []).append(
-                e | {"seed": r["seed"]})
+            key = (bool(r.get("stage2_bg", False)), float(r.get("gap", 0.0)), r["stage1_iters"], e["stage2_iters"])
+            cells.setdefault(key, []).append(e | {"seed": r["seed"]})
     table = []
-    for (gap, s1, s2), es in sorted(cells.items()):
-        row = {"gap": gap, "stage1_iters": s1, "stage2_iters": s2, "seeds": [e["seed"] for e in es]}
+    for (bg, gap, s1, s2), es in sorted(cells.items(), key=lambda kv: (not kv[0][0], *kv[0][1:])):
+        row = {"stage2_bg": bg, "gap": gap, "stage1_iters": s1, "stage2_iters": s2, "seeds": [e["seed"] for e in es]}
         row["holds_fraction"] = {k: sum(bool(e["checks"][k]) for e in es) / len(es) for k in CHECK_KEYS}
         for name, fn in {**DIFFS, **CONTEXT}.items():
             v = [fn(e["metrics"]) for e in es]
             row[name] = {"mean": sum(v) / len(v), "min": min(v), "max": max(v)}
         row["mean_order_holds"] = all(row[n]["mean"] < 0 for n in DIFFS)
         table.append(row)
-    pick = lambda r: None if r is None else {k: r[k] for k in ("gap", "stage1_iters", "stage2_iters", "seeds")}  # noqa: E731
+    pick = lambda r: None if r is None else {k: r[k] for k in ("stage2_bg", "gap", "stage1_iters", "stage2_iters",  # noqa: E731
+                                                                "seeds")}
     multi = [r for r in table if len(r["seeds"]) > 1]
     first = lambda ok: pick(next((r for r in multi if ok(r)), None))  # noqa: E731
     entries = [e for es in cells.values() for e in es]
     mix_d, ctx_d = DIFFS["mead_lpips_mix_minus_nomix"], CONTEXT["mead_lpips_wplus_minus_nomix"]
     agree = sum((mix_d(e["metrics"]) < 0) == (ctx_d(e["metrics"]) < 0) for e in entries)
-    return {"definition": "a cell (gap, stage-1 iters, stage-2 iters) 'holds' a check when it holds for every "
-                          "training seed run there, 'holds_in_mean' when each difference averaged over the "
-                          "seeds is negative; both need at least 2 seeds; the first such cell in (gap, stage-1, "
-                          "stage-2) order is reported, per check and for all of them",
+    return {"definition": "a cell (stage-2 L_BG, gap, stage-1 iters, stage-2 iters) 'holds' a check when it holds "
+                          "for every training seed run there, 'holds_in_mean' when each difference averaged over "
+                          "the seeds is negative; both need at least 2 seeds; the first such cell (L_BG on first, "
+                          "then gap, stage-1, stage-2 order) is reported, per check and for all of them",
             "holds_at": first(lambda r: r["holds_fraction"]["all_hold"] == 1.0),
             "holds_in_mean_at": first(lambda r: r["mean_order_holds"]),
             "each_holds_at": {k: first(lambda r, k=k: r["holds_fraction"][k] == 1.0) for k in CHECK_KEYS[:3]},
@@ -206,8 +209,9 @@ def summarize_sweep(runs: list[dict]) -> dict:
 
 
 def plot_gap(summary: dict, out: str | Path) -> Path | None:
-    """PNG: each difference behind the two orderings against the world's gap, one line per budget (mean
-    over seeds, bars = min..max) for the budgets measured at two gaps or more. Below 0 = the paper's
+    """PNG: each difference behind the two orderings against the world's gap, one line per budget and
+    stage-2 objective (solid: with λ5·L_BG; mean over seeds, bars = min..max) for those measured at two
+    gaps or more. Below 0 = the paper's
     ordering. None when the sweep has one gap only."""
     table = summary["table"]
     gaps = sorted({r["gap"] for r in table})
@@ -219,18 +223,19 @@ def plot_gap(summary: dict, out: str | Path) -> Path | None:
     titles = {"celeba_mse_goae_minus_wplus": "input view MSE: full - w+",
               "celeba_lpips_goae_minus_wplus": "input view LPIPS: full - w+",
               "mead_lpips_mix_minus_nomix": "novel views LPIPS: mix - no mix"}
-    at = lambda b: {r["gap"] for r in table if (r["stage1_iters"], r["stage2_iters"]) == b}  # noqa: E731
-    budgets = sorted(b for b in {(r["stage1_iters"], r["stage2_iters"]) for r in table} if len(at(b)) > 1)
+    budget = lambda r: (r["stage2_bg"], r["stage1_iters"], r["stage2_iters"])  # noqa: E731
+    at = lambda b: {r["gap"] for r in table if budget(r) == b}  # noqa: E731
+    budgets = sorted(b for b in {budget(r) for r in table} if len(at(b)) > 1)
     fig, axes = plt.subplots(1, len(titles), figsize=(5 * len(titles), 4))
     for ax, (key, title) in zip(axes, titles.items()):
-        for i, (s1, s2) in enumerate(budgets):
-            rows = sorted((r for r in table if (r["stage1_iters"], r["stage2_iters"]) == (s1, s2)),
-                          key=lambda r: r["gap"])
+        for i, b in enumerate(budgets):
+            rows = sorted((r for r in table if budget(r) == b), key=lambda r: r["gap"])
             x = [r["gap"] + 0.01 * (i - len(budgets) / 2) for r in rows]  # small offset: bars stay apart
             mean = [r[key]["mean"] for r in rows]
             err = [[m - r[key]["min"] for m, r in zip(mean, rows)], [r[key]["max"] - m for m, r in zip(mean, rows)]]
             n = max(len(r["seeds"]) for r in rows)
-            ax.errorbar(x, mean, yerr=err, marker="o", capsize=3, label=f"stage 1 {s1} it, stage 2 {s2} it ({n} seeds)")
+            ax.errorbar(x, mean, yerr=err, marker="o", capsize=3, ls="-" if b[0] else "--",
+                        label=f"stage 1 {b[1]} it, stage 2 {b[2]} it{' + L_BG' if b[0] else ''} ({n} seeds)")
         ax.axhline(0, color="k", lw=0.8)
         ax.set_xlabel("data.gap (teacher detail / plane feature spread)")
         ax.set_title(title + "  (< 0: paper's order)")

@@ -44,9 +44,10 @@ def test_summary_needs_every_seed_and_reports_the_first_budget():
     assert cells[(40, 30)]["holds_fraction"]["all_hold"] == 0.5
     assert cells[(40, 60)]["seeds"] == [0, 1]
     assert abs(cells[(40, 30)]["mead_lpips_mix_minus_nomix"]["max"] - 0.005) < 1e-12
-    assert s["holds_at"] == {"gap": 0.0, "stage1_iters": 40, "stage2_iters": 120, "seeds": [0, 1]}
+    assert s["holds_at"] == {"stage2_bg": False, "gap": 0.0, "stage1_iters": 40, "stage2_iters": 120, "seeds": [0, 1]}
     # mean of (+0.005, -0.015) over the two seeds is negative at 30 already
-    assert s["holds_in_mean_at"] == {"gap": 0.0, "stage1_iters": 40, "stage2_iters": 30, "seeds": [0, 1]}
+    assert s["holds_in_mean_at"] == {"stage2_bg": False, "gap": 0.0, "stage1_iters": 40, "stage2_iters": 30,
+                                     "seeds": [0, 1]}
 
 
 def test_summary_per_gap_and_gap_plot(tmp_path):
@@ -54,9 +55,13 @@ def test_summary_per_gap_and_gap_plot(tmp_path):
             for g in (0.0, 1.0) for s in (0, 1)]
     s = ablation.summarize_sweep(runs)
     assert [(r["gap"], r["holds_fraction"]["all_hold"]) for r in s["table"]] == [(0.0, 0.0), (1.0, 1.0)]
-    assert s["holds_at"] == {"gap": 1.0, "stage1_iters": 40, "stage2_iters": 30, "seeds": [0, 1]}
+    assert s["holds_at"] == {"stage2_bg": False, "gap": 1.0, "stage1_iters": 40, "stage2_iters": 30, "seeds": [0, 1]}
     assert s["each_holds_at"]["full_beats_wplus_mse"]["gap"] == 0.0      # MSE holds on both worlds
     assert s["each_holds_at"]["mix_beats_nomix_novel_lpips"]["gap"] == 1.0
     png = ablation.plot_gap(s, tmp_path / "gap.png")
     assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG"
     assert ablation.plot_gap(ablation.summarize_sweep(runs[:2]), tmp_path / "one.png") is None   # one gap
+    # runs with stage-2 L_BG are their own cells, listed (and reported) first
+    s2 = ablation.summarize_sweep(runs + [dict(r, stage2_bg=True, stage2=[_entry(30, BAD_MIX)]) for r in runs])
+    assert [(r["stage2_bg"], r["gap"]) for r in s2["table"]] == [(True, 0.0), (True, 1.0), (False, 0.0), (False, 1.0)]
+    assert s2["holds_at"]["stage2_bg"] is False and s2["each_holds_at"]["full_beats_wplus_mse"]["stage2_bg"] is True
