@@ -24,7 +24,7 @@ $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 
 # All tests (tiny configs, CPU). Fixture tests read ../shared/fixtures (skip without it, fail under CI).
 test: setup
-	TORCH_HOME=$$(mktemp -d) $(PY) -m pytest -q --timeout=900
+	TORCH_HOME=$$(mktemp -d) $(PY) -m pytest -q -n 2 --dist loadfile --timeout=900
 
 test-fast: setup
 	TORCH_HOME=$$(mktemp -d) $(PY) -m pytest -q -m "not slow" --timeout=300
