@@ -350,7 +350,7 @@ def build_metric_nets(p, device, provenance: dict) -> MetricNets:
         net = arcface.load_arcface(arc, device)
     else:   # the random stand-in, as the training losses build it (assets.random_arcface sets its size)
         net = arcface.random_arcface(0, num_layers=4 if p.assets.random_arcface == "tiny" else 50).to(device)
-    inc = None
+    inc, _ = None, p.assets.inception  # read on every run: dvc.yaml declares it (eval.fid may be off)
     if p.eval.fid:
         r = resolve(p, "inception", provenance)        # a file, or the packaged TorchScript trunk
         inc = load_inception(r.path).to(device)
