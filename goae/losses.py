@@ -235,8 +235,7 @@ def stage2_loss(weights: LossConfig, rec: dict[str, torch.Tensor], delta_f: torc
     """Stage 2 (AFA only, encoder frozen): L_rec + λ5·L_BG + λ7·||ΔF||_2. §4.2 trains the AFA with the
     stage-1 objective minus L_adv and L_w+, so L_BG (Eq. 4 on the F* render at c_front) stays; `bg=None`
     drops it (release). `adv_e` (release keeps the latent-D loss on) is added with λ4 if given."""
-    zero = rec["rec"].new_zeros(())
-    bg = zero if bg is None else bg
+    bg = rec["rec"].new_zeros(()) if bg is None else bg
     total = rec["rec"] + weights.lambda5 * bg + weights.lambda7 * delta_f  # §4.2 / §4.5 (Eq. 11 minus adv, w+)
     if adv_e is not None:
         total = total + weights.lambda4 * adv_e

@@ -97,6 +97,15 @@ def whole_section(p, name: str):
     return getattr(p, name)
 
 
+def depends_on(p, *keys: str) -> None:
+    """Count `keys` as read: the stage's result depends on them even in a run whose settings leave them
+    unused (e.g. `assets.inception` with `eval.fid: false`), so dvc.yaml declares them and DVC re-runs the
+    stage when they change. Undeclared keys fail here, as a read would."""
+    if isinstance(p, ParamsView):
+        for key in keys:
+            p._read(key)
+
+
 def stage_values(p, exclude: Iterable[str] = ()) -> dict[str, Any]:
     """`{dotted key: value}` of what a stage depends on: its declared keys for a restricted view, every
     key otherwise (a plain `Params`, e.g. in tests). Read without recording: it is the fingerprint of

@@ -172,8 +172,10 @@ def training_main(name: str, train: Callable, input_flag: str, input_help: str, 
     ap.add_argument("--data", required=True, help="prepared training split (EG3D dataset.json + images)")
     ap.add_argument("--generator", required=True, help="the generator folder written by `ingest`")
     ap.add_argument(input_flag, required=True, help=input_help)
-    for flag, help_ in (keyword_inputs or {}).items():
+    keyword_inputs = keyword_inputs or {}
+    for flag, help_ in keyword_inputs.items():
         ap.add_argument(flag, default=None, help=help_)
+    dest = lambda flag: flag.lstrip("-").replace("-", "_")  # noqa: E731  (argparse's attribute name)
     ap.add_argument("--out", required=True, help="weights folder (a DVC out)")
     ap.add_argument("--curve", required=True, help="loss curve CSV (a DVC plot)")
     ap.add_argument("--state", required=True, help="resume checkpoints (kept between runs, not a DVC out)")
@@ -181,10 +183,9 @@ def training_main(name: str, train: Callable, input_flag: str, input_help: str, 
     with stage(name, outs=[a.out, a.curve], torchrun=True) as ctx:
         out = ctx.outs.dir(a.out) if ctx.outs else None
         curve = Path(a.state) / "curve.csv"
-        r = train(ctx.params, a.data, getattr(a, input_flag.lstrip("-").replace("-", "_")), out, a.state, curve,
+        r = train(ctx.params, a.data, getattr(a, dest(input_flag)), out, a.state, curve,
                   ctx.device, ctx.dist, generator=a.generator, log=ctx.log, metrics=ctx.metrics,
-                  **{f.lstrip("-").replace("-", "_"): getattr(a, f.lstrip("-").replace("-", "_"))
-                     for f in keyword_inputs or {}})
+                  **{dest(f): getattr(a, dest(f)) for f in keyword_inputs})
         if ctx.dist.main:
             tracking.set_tags({f"weights.{k}": str(v) for k, v in r["provenance"].items()})
             write_json_atomic(out / "summary.json", dict(r))

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from goae.config import Params
 from goae.data.dataset import IMAGE_EXTS, read_dataset_json, write_dataset_json, write_json_atomic
+from goae.params_view import depends_on
 
 
 def passthrough_split(src: Path, dst: Path, size: int) -> dict:
@@ -57,7 +58,7 @@ def _summarise(report: dict) -> dict:
 
 
 def prepare_split(src: Path, dst: Path, p: Params, device, log=print) -> dict:
-    mead_yaw = p.prepare.mead_yaw  # read on every run: dvc.yaml declares it, a real MEAD folder uses it
+    depends_on(p, "prepare.mead_yaw")  # used only by a real MEAD folder
     has_labels = (src / "dataset.json").is_file() or (src / "label.json").is_file()
     if has_labels:
         report = passthrough_split(src, dst, p.prepare.output_size)
@@ -76,7 +77,7 @@ def prepare_split(src: Path, dst: Path, p: Params, device, log=print) -> dict:
     if dst.name == "mead" and not (dst / "meta.json").is_file():  # a real MEAD folder: build the protocol
         from goae.data.mead import build_mead_meta
         outputs = {Path(k).as_posix(): r["output"] for k, r in report.items() if r["status"] == "ok"}
-        meta = build_mead_meta(outputs, dict(read_dataset_json(dst)), mead_yaw)
+        meta = build_mead_meta(outputs, dict(read_dataset_json(dst)), p.prepare.mead_yaw)
         write_json_atomic(dst / "meta.json", meta)
         summary["mead_identities"] = len(meta["identities"])
         log(f"mead: {len(meta['identities'])} identities x yaws {meta['yaws_deg']} (yaw from {meta['yaw_source']}); "

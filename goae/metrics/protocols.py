@@ -111,7 +111,7 @@ def _depth_and_face(ds: LabeledImages, idx: list[int], opacity_min: float):
     if not folder.is_dir():
         return None, None, None, f"no pseudo-GT depth: {folder} does not exist"
     conv = DepthConvention.read(folder)
-    depths, faces = [], []
+    depths, faces, any_opacity = [], [], False
     for i in idx:
         d = ds.load_depth(i)
         if d is None:   # no pseudo-GT for part of the split: Geo. Err. undefined (NaN), not biased
@@ -121,14 +121,14 @@ def _depth_and_face(ds: LabeledImages, idx: list[int], opacity_min: float):
         op = folder / (Path(ds.name(i)).stem + ".opacity.npy")
         if op.is_file():
             face &= torch.from_numpy(np.load(op)).float()[None] >= opacity_min
+            any_opacity = True
         depths.append(d)
         faces.append(face)
     sizes = {tuple(d.shape) for d in depths}
     if len(sizes) > 1:
         raise ValueError(f"{folder}: depth maps of different sizes {sorted(sizes)}; use one resolution")
     return torch.stack(depths), torch.stack(faces), conv, f"{conv.describe()}; face = defined pixels" + \
-        (f" with opacity >= {opacity_min} where depth/<stem>.opacity.npy exists" if any(
-            (folder / (Path(ds.name(i)).stem + ".opacity.npy")).is_file() for i in idx) else "")
+        (f" with opacity >= {opacity_min} where depth/<stem>.opacity.npy exists" if any_opacity else "")
 
 
 def load_split(folder: str | Path, kind: str, n: int, resolution: int, opacity_min: float = 0.4) -> SplitData:
@@ -350,14 +350,16 @@ def build_metric_nets(p, device, provenance: dict) -> MetricNets:
         net = arcface.load_arcface(arc, device)
     else:   # the random stand-in, as the training losses build it (assets.random_arcface sets its size)
         net = arcface.random_arcface(0, num_layers=4 if p.assets.random_arcface == "tiny" else 50).to(device)
-    inc, _ = None, p.assets.inception  # read on every run: dvc.yaml declares it (eval.fid may be off)
+    from goae.params_view import depends_on
+    depends_on(p, "assets.inception", "assets.lpips_vgg")  # declared; used only with eval.fid / the pti recipe
+    inc = None
     if p.eval.fid:
         r = resolve(p, "inception", provenance)        # a file, or the packaged TorchScript trunk
         inc = load_inception(r.path).to(device)
-    vgg, vgg_file = None, p.assets.lpips_vgg  # read on every run: dvc.yaml declares it for the pti recipe
+    vgg = None
     if "optim" in p.eval.methods and p.eval.optim_recipe == "pti":
         from goae.metrics.image import TRUNK_FILES, torch_hub_file
-        path = asset(p, "lpips_vgg", provenance) if vgg_file else torch_hub_file(TRUNK_FILES["vgg"])
+        path = asset(p, "lpips_vgg", provenance) if p.assets.lpips_vgg else torch_hub_file(TRUNK_FILES["vgg"])
         if path is None:
             resolve(p, "lpips_vgg", provenance)         # the allowed fallback ('random'), or a clear error
         vgg = build_lpips(net="vgg", trunk_path=path, seed=0).to(device)
@@ -405,20 +407,22 @@ def mix_label(mix) -> str:
     """The mix a row used, with 'paper reading (interpretation)' or 'release recipe' spelled out."""
     kind = ("release recipe" if (mix.planes, mix.blur) == ("xy", "random") else
             "interpretation of the paper" if (mix.planes, mix.blur) == ("all", "fixed") else "custom")
-    sigma = "U[1,2]" if mix.blur == "random" else mix.sigma
+    sigma = f"U[{mix.sigma_range[0]:g},{mix.sigma_range[1]:g}]" if mix.blur == "random" else mix.sigma
     return f"mix(planes={mix.planes},blur={mix.blur},sigma={sigma},threshold={mix.threshold}; {kind})"
 
 
 def build_official(p, G, device, weights: dict):
     """Row `goae_official`: the released GOAE encoder + AFA (`assets.goae_encoder` / `assets.goae_afa`: the
     official .pt files, or both pointing at one `goae convert-goae` output `PREFIX.safetensors`) under the
-    same protocol, mixed with the release recipe unless `eval.official_mix: params`. None when unset."""
+    same protocol, mixed with the release recipe unless `eval.official_mix: params` (then the params' mix
+    section, as the goae row). None when unset."""
     from goae.model.afa import AFA, AFAConfig
     from goae.model.encoder import Encoder, EncoderConfig
     from goae.model.goae import GOAE
     from goae.model.io import resolve
     from goae.model.mix import MixConfig
     from goae.model.official import load_converted, load_official_goae
+    from goae.params_view import whole_section
     if not (p.assets.goae_encoder and p.assets.goae_afa):
         if p.assets.goae_encoder or p.assets.goae_afa:
             raise ValueError("assets.goae_encoder and assets.goae_afa: set both (or neither) for goae_official")
@@ -436,9 +440,7 @@ def build_official(p, G, device, weights: dict):
     E, A = Encoder(ecfg), AFA(acfg)
     E.load_state_dict(enc_sd, strict=True)
     A.load_state_dict(afa_sd, strict=True)
-    mix = MixConfig(**RELEASE_MIX) if p.eval.official_mix == "release" else \
-        MixConfig(planes=p.mix.planes, blur=p.mix.blur, sigma=p.mix.sigma, threshold=p.mix.threshold,
-                  kernel=p.mix.kernel)
+    mix = MixConfig(**RELEASE_MIX) if p.eval.official_mix == "release" else whole_section(p, "mix")
     weights["goae_official"] = {k: v for k, v in prov.items()}
     model = GOAE(G, E.eval().requires_grad_(False), A.eval().requires_grad_(False), mix).to(device).eval()
     return GOAEInverter("goae_official", model, f"G={weights['generator']}; official GOAE E={prov['goae_encoder']} "

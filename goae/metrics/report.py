@@ -79,15 +79,20 @@ def component_stand_in(key: str, value) -> str | None:
     return None
 
 
-def stand_in_reasons(weights: dict) -> list[str]:
-    """Every component in the provenance (`weights`, rows' strings under 'methods' aside) that is a stand-in,
-    as 'path: reason (provenance)'; required components missing from it count as stand-ins too."""
-    out = [f"{k}: missing" for k in REQUIRED_COMPONENTS if k not in weights]
+def components(weights: dict) -> list[tuple[str, str, str | None]]:
+    """(path, provenance as text, stand-in reason or None) of every component in the provenance `weights`
+    (the rows' strings under 'methods' aside)."""
+    out = []
     for key, v in _leaves({k: v for k, v in weights.items() if k != "methods"}):
-        why = component_stand_in(key, v)
-        if why:
-            out.append(f"{key}: {why} ({v if not isinstance(v, dict) else json.dumps(v, sort_keys=True)})")
+        out.append((key, json.dumps(v, sort_keys=True) if isinstance(v, dict) else str(v), component_stand_in(key, v)))
     return out
+
+
+def stand_in_reasons(weights: dict, comps: list | None = None) -> list[str]:
+    """Every component that is a stand-in, as 'path: reason (provenance)'; required components missing from
+    the provenance count as stand-ins too. `comps`: `components(weights)` when already computed."""
+    out = [f"{k}: missing" for k in REQUIRED_COMPONENTS if k not in weights]
+    return out + [f"{key}: {why} ({v})" for key, v, why in (components(weights) if comps is None else comps) if why]
 
 
 def json_safe(x):
@@ -131,12 +136,12 @@ def _fmt(v, nd: int) -> str:
 
 
 def table1_markdown(results: dict, protocol: dict, weights: dict) -> str:
-    reasons = stand_in_reasons(weights)
+    comps = components(weights)
+    reasons = stand_in_reasons(weights, comps)
     head = ("| Method | MSE ↓ | LPIPS ↓ | FID ↓ | ID ↑ | Geo. Err. ↓ | Time (s) ↓ "
             "| LPIPS ↓ | FID ↓ | ID ↑ | Geo. Err. ↓ | LPIPS ↓ | FID ↓ | ID ↑ | Geo. Err. ↓ |")
-    components = [k for k, _ in _leaves({k: v for k, v in weights.items() if k != "methods"})]
     lines = ["# Table 1: inversion quality (ours beside the paper's)", "",
-             (f"**Weights: REAL** — the provenance of all {len(components)} components (listed below) names real "
+             (f"**Weights: REAL** — the provenance of all {len(comps)} components (listed below) names real "
               "weights." if not reasons else
               "**Weights: STAND-IN** — these numbers come from stand-in weights and are NOT comparable to the "
               "paper's: " + "; ".join(reasons) + "."), "",
@@ -162,10 +167,8 @@ def table1_markdown(results: dict, protocol: dict, weights: dict) -> str:
     for k, v in weights.get("methods", {}).items():
         lines.append(f"- `{k}`: {v}")
     lines += ["", "Provenance of every component (stand-ins marked):", ""]
-    for key, v in _leaves({k: v for k, v in weights.items() if k != "methods"}):
-        why = component_stand_in(key, v)
-        lines.append(f"- `{key}`: {v if not isinstance(v, dict) else json.dumps(v, sort_keys=True)}"
-                     + (f" — **stand-in: {why}**" if why else ""))
+    for key, v, why in comps:
+        lines.append(f"- `{key}`: {v}" + (f" — **stand-in: {why}**" if why else ""))
     mix = protocol.get("mix", {})
     notes = []
     if mix:

@@ -70,8 +70,10 @@ def build_afa(p: Params, G: TriPlaneGenerator) -> AFA:
 
 def build_mask(p: Params, provenance: dict, device):
     from goae.masks import build_mask_provider
-    # Every key that picks or configures M in some config is read here, whichever mask this one uses.
-    kind, opacity_min, _, _ = p.davg.mask, p.davg.opacity_min, p.assets.bisenet, p.assets.allow_fallbacks
+    from goae.params_view import depends_on
+    # Every key that picks or configures M in some config counts, whichever mask this one uses.
+    depends_on(p, "assets.bisenet", "assets.allow_fallbacks")
+    kind, opacity_min = p.davg.mask, p.davg.opacity_min
     if kind == "depth":
         m = build_mask_provider("depth", opacity_min=opacity_min)
     elif kind == "bisenet" and (r := resolve(p, "bisenet", provenance)).kind in ("file", "random"):
