@@ -103,9 +103,12 @@ def seeded_params(p, k: int, seed: int, stage2_iters: int):
                                stage2=dataclasses.replace(q.stage2, seed=seed, iters=stage2_iters))
 
 
-def sweep_run(p, k: int, seed: int, stage2_steps: list[int], data: Path, device, log, on_result) -> dict:
+def sweep_run(p, k: int, seed: int, stage2_steps: list[int], data: Path, device, log, on_result,
+              regions: bool = False, keep: Path | None = None) -> dict:
     """Stage 1 at k x the params' budget with `seed`, then one stage-2 run evaluated at each of
-    `stage2_steps`. `on_result(run)` gets the run after every evaluation (partial results survive)."""
+    `stage2_steps`. `on_result(run)` gets the run after every evaluation (partial results survive).
+    `regions`: also record benchmarks/mix_regions.py's per-region novel-view errors (a diagnostic).
+    `keep`: copy the encoder and every evaluated AFA snapshot there (s1/, s2_<n>/) for later diagnostics."""
     from goae.metrics.protocols import run_evaluation
     from goae.train import common
     from goae.train.stages import train_stage1, train_stage2
@@ -122,6 +125,9 @@ def sweep_run(p, k: int, seed: int, stage2_steps: list[int], data: Path, device,
         train_stage1(q, data / "train", davg, tmp / "s1", tmp / "st1", tmp / "c1.csv",
                      device, generator=GENERATOR, log=quiet)
         run["stage1_s"] = round(time.time() - t0, 1)
+        if keep is not None:
+            import shutil
+            shutil.copytree(tmp / "s1", Path(keep) / "s1", dirs_exist_ok=True)
         t_train = [time.time()]
 
         def evaluate(n: int, afa) -> None:
@@ -137,6 +143,13 @@ def sweep_run(p, k: int, seed: int, stage2_steps: list[int], data: Path, device,
             run["stage2"].append({"stage2_iters": n, "stage2_train_s": round(train_s, 1),
                                   "mix_mask_mean": mix_mask_mean(q, G, tmp / "s1", snap, data / "celeba", device),
                                   "checks": checks(ev.results), "metrics": subset(ev.results)})
+            if keep is not None:
+                import shutil
+                shutil.copytree(snap, Path(keep) / f"s2_{n}", dirs_exist_ok=True)
+            if regions:
+                from mix_regions import describe, region_errors
+                run["stage2"][-1]["regions"] = region_errors(q, G, tmp / "s1", snap, data / "mead", device)
+                log(f"stage1 {k}x seed {seed} stage2 {n} it regions:\n" + describe(run["stage2"][-1]["regions"]))
             log(f"stage1 {k}x seed {seed} stage2 {n} it: {json.dumps(run['stage2'][-1]['checks'])}")
             on_result(run)
             t_train[0] += time.time() - t1   # training time excludes evaluations
@@ -248,14 +261,29 @@ def plot_gap(summary: dict, out: str | Path) -> Path | None:
     return out
 
 
-def world_at_gap(p, gap: float, folder: Path, device) -> Path:
-    """Render the embedded world of `p` with data.gap = `gap` (no photos) and prepare it -> prepared dir."""
+def world_at_gap(p, gap: float, folder: Path, device, truncation_psi: float = 1.0) -> Path:
+    """Render the embedded world of `p` with data.gap = `gap` (no photos) and prepare it -> prepared dir.
+    `truncation_psi` < 1 draws every identity nearer w_avg (a narrower identity distribution)."""
     from goae.data.prepare import prepare_all
     from goae.data.world import render_world
     from goae.train import common
     q = dataclasses.replace(p, data=dataclasses.replace(p.data, gap=float(gap), photos=False))
     G, _ = common.load_generator(GENERATOR, device=device)
-    render_world(G, q.data, folder / "raw", device)
+    if truncation_psi == 1.0:
+        render_world(G, q.data, folder / "raw", device)
+    else:   # a benchmark-only world lever: the pipeline's world (goae.data.world, a DVC code dep) is untouched
+        from goae.data import world
+        codes = world._codes
+
+        def truncated(G_, n, g, dev):   # same z draws, w = w_avg + psi (w - w_avg)
+            z = torch.randn(n, G_.z_dim, generator=g).to(dev)
+            from goae.eg3d import camera as cam
+            return G_.mapping(z, cam.canonical_camera(n, device=dev), truncation_psi=truncation_psi)
+        world._codes = truncated
+        try:
+            render_world(G, q.data, folder / "raw", device)
+        finally:
+            world._codes = codes
     prepare_all(q, folder / "raw", folder / "prepared", device, log=lambda *a, **kw: None)
     return folder / "prepared"
 
@@ -301,6 +329,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--stage2-steps", default="30,60,120,240,480", help="sweep: stage-2 step counts to evaluate")
     ap.add_argument("--gaps", default="", help="sweep: comma-separated data.gap values; each renders its own "
                                                 "world in a temp dir (default: the world in --data)")
+    ap.add_argument("--regions", action="store_true", help="sweep: also record the per-region novel-view errors "
+                                                               "of benchmarks/mix_regions.py (a diagnostic)")
+    ap.add_argument("--truncation", type=float, default=1.0,
+                    help="sweep with --gaps: truncation psi of the world's identity codes (1 = the pipeline's)")
+    ap.add_argument("--keep", default="", help="sweep: keep the trained models under DIR/gap<g>_s1x<k>_seed<s>/")
     ap.add_argument("--plot", default="benchmarks/results/ablation_gap.png", help="merge: gap plot PNG")
     ap.add_argument("--merge", nargs="+", default=None, help="sweep result files to merge into --out")
     a = ap.parse_args(argv)
@@ -322,14 +355,22 @@ def main(argv=None) -> dict:
         gaps = [float(v) for v in a.gaps.split(",") if v.strip()] or [None]
         for gap in gaps:
             with tempfile.TemporaryDirectory(prefix="goae-world-") as world:
-                data = Path(a.data) if gap is None else world_at_gap(p, gap, Path(world), device)
+                data = Path(a.data) if gap is None else world_at_gap(p, gap, Path(world), device, a.truncation)
+                if a.keep:
+                    import shutil
+                    shutil.copytree(data / "mead", Path(a.keep) / f"world_gap{gap if gap is not None else p.data.gap:g}"
+                                    / "mead", dirs_exist_ok=True)
                 for k in ints(a.stage1):
                     for seed in ints(a.seeds):
                         print(f"[ablation] sweep: gap {gap}, stage 1 at {k}x, seed {seed}", flush=True)
                         tag = {"gap": p.data.gap if gap is None else gap}
+                        if a.truncation != 1.0:
+                            tag["truncation"] = a.truncation
                         done.append(sweep_run(p, k, seed, ints(a.stage2_steps), data, device,
                                               lambda s: print(f"[ablation] {s}", flush=True),
-                                              lambda r: save(done + [tag | r])) | tag)
+                                              lambda r: save(done + [tag | r]), a.regions,
+                                              Path(a.keep) / f"gap{tag['gap']:g}_s1x{k}_seed{seed}" if a.keep
+                                              else None) | tag)
         return json.loads(Path(a.out).read_text())
     if not a.train:
         result.update(from_eval_json(p, a.eval))
