@@ -1,7 +1,8 @@
 """Each inversion fast path (goae.model.fast) against the exact GOAE.invert on CPU, tiny config.
 
 Tolerances: exact FastPaths and the same draws -> bitwise equal; channels_last, batched modconv ->
-max abs error 1e-4 (rounding only); bf16/fp16 autocast -> the suite's STATED_LOWP_TOL (relative L2).
+max abs error 1e-4 of the tensor's range (rounding only: reordered fp32 sums; the tri-plane reaches |20|,
+where 1e-4 absolute is ~40 ulps and an AMD EPYC CPU measured 1.04e-4); bf16/fp16 autocast -> the suite's STATED_LOWP_TOL (relative L2).
 """
 import sys
 from pathlib import Path
@@ -74,7 +75,8 @@ def test_layout_paths_within_rounding(setup, fp):
         from goae.model.fast import set_channels_last
         set_channels_last(m, False)
     for k in ("image", "depth", "planes_mix", "w_plus"):
-        assert (getattr(r, k) - getattr(ref, k)).abs().max() <= 1e-4, k
+        a, b = getattr(r, k), getattr(ref, k)
+        assert (a - b).abs().max() <= 1e-4 * max(1.0, float(b.abs().max())), k
     assert torch.equal(r.masks, ref.masks)
 
 
