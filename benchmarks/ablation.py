@@ -182,33 +182,59 @@ CONTEXT = {"mead_lpips_wplus_minus_nomix": lambda m: sum(m["mead"]["goae_wplus"]
 CHECK_KEYS = ("full_beats_wplus_mse", "full_beats_wplus_lpips", "mix_beats_nomix_novel_lpips", "all_hold")
 
 
+def cpu_name() -> str:
+    """The CPU model: training trajectories (and so every ordering) differ between CPU models, since
+    float sums round differently (D_avg alone moves by 2e-6), so sweeps from different CPUs form
+    separate cells."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor() or "unknown"
+
+
+UNRECORDED_CPU = "unrecorded (earlier development machine)"
+
+
+def cell_key(r: dict, e: dict) -> tuple:
+    """(stage-2 L_BG, gap, CPU, train images, stage-1 iters, stage-2 iters) of one evaluation; runs
+    from before a field was recorded get the value those sweeps had."""
+    return (bool(r.get("stage2_bg", False)), float(r.get("gap", 0.0)), r.get("cpu", UNRECORDED_CPU),
+            int(r.get("n_train", 24)), r["stage1_iters"], e["stage2_iters"])
+
+
 def summarize_sweep(runs: list[dict]) -> dict:
     """Per stage-2 objective, world gap and budget (stage-1 multiplier, stage-2 iterations), over training
     seeds: how often each check holds and the mean/min/max of the differences behind it (negative = the
     paper's ordering). Runs without a `gap` (sweeps before data.gap existed) are the gap-0 world; runs
     without `stage2_bg` predate λ5·L_BG in stage 2 (False). Cells with the paper's objective come first."""
-    cells: dict[tuple[bool, float, int, int], list[dict]] = {}
+    cells: dict[tuple, list[dict]] = {}
     for r in runs:
         for e in r["stage2"]:
-            key = (bool(r.get("stage2_bg", False)), float(r.get("gap", 0.0)), r["stage1_iters"], e["stage2_iters"])
-            cells.setdefault(key, []).append(e | {"seed": r["seed"]})
+            es = cells.setdefault(cell_key(r, e), [])
+            if all(x["seed"] != r["seed"] for x in es):   # the same run merged twice counts once
+                es.append(e | {"seed": r["seed"]})
     table = []
-    for (bg, gap, s1, s2), es in sorted(cells.items(), key=lambda kv: (not kv[0][0], *kv[0][1:])):
-        row = {"stage2_bg": bg, "gap": gap, "stage1_iters": s1, "stage2_iters": s2, "seeds": [e["seed"] for e in es]}
+    for (bg, gap, cpu, n_train, s1, s2), es in sorted(cells.items(), key=lambda kv: (not kv[0][0], *kv[0][1:])):
+        row = {"stage2_bg": bg, "gap": gap, "cpu": cpu, "n_train": n_train, "stage1_iters": s1, "stage2_iters": s2,
+               "seeds": [e["seed"] for e in es]}
         row["holds_fraction"] = {k: sum(bool(e["checks"][k]) for e in es) / len(es) for k in CHECK_KEYS}
         for name, fn in {**DIFFS, **CONTEXT}.items():
             v = [fn(e["metrics"]) for e in es]
             row[name] = {"mean": sum(v) / len(v), "min": min(v), "max": max(v)}
         row["mean_order_holds"] = all(row[n]["mean"] < 0 for n in DIFFS)
         table.append(row)
-    pick = lambda r: None if r is None else {k: r[k] for k in ("stage2_bg", "gap", "stage1_iters", "stage2_iters",  # noqa: E731
-                                                                "seeds")}
+    pick = lambda r: None if r is None else {k: r[k] for k in ("stage2_bg", "gap", "cpu", "n_train",  # noqa: E731
+                                                                "stage1_iters", "stage2_iters", "seeds")}
     multi = [r for r in table if len(r["seeds"]) > 1]
     first = lambda ok: pick(next((r for r in multi if ok(r)), None))  # noqa: E731
     entries = [e for es in cells.values() for e in es]
     mix_d, ctx_d = DIFFS["mead_lpips_mix_minus_nomix"], CONTEXT["mead_lpips_wplus_minus_nomix"]
     agree = sum((mix_d(e["metrics"]) < 0) == (ctx_d(e["metrics"]) < 0) for e in entries)
-    return {"definition": "a cell (stage-2 L_BG, gap, stage-1 iters, stage-2 iters) 'holds' a check when it holds "
+    return {"definition": "a cell (stage-2 L_BG, gap, CPU, train images, stage-1 iters, stage-2 iters) 'holds' a check when it holds "
                           "for every training seed run there, 'holds_in_mean' when each difference averaged over "
                           "the seeds is negative; both need at least 2 seeds; the first such cell (L_BG on first, "
                           "then gap, stage-1, stage-2 order) is reported, per check and for all of them",
@@ -236,7 +262,7 @@ def plot_gap(summary: dict, out: str | Path) -> Path | None:
     titles = {"celeba_mse_goae_minus_wplus": "input view MSE: full - w+",
               "celeba_lpips_goae_minus_wplus": "input view LPIPS: full - w+",
               "mead_lpips_mix_minus_nomix": "novel views LPIPS: mix - no mix"}
-    budget = lambda r: (r["stage2_bg"], r["stage1_iters"], r["stage2_iters"])  # noqa: E731
+    budget = lambda r: (r["stage2_bg"], r["stage1_iters"], r["stage2_iters"], r["cpu"], r["n_train"])  # noqa: E731
     at = lambda b: {r["gap"] for r in table if budget(r) == b}  # noqa: E731
     budgets = sorted(b for b in {budget(r) for r in table} if len(at(b)) > 1)
     fig, axes = plt.subplots(1, len(titles), figsize=(5 * len(titles), 4))
@@ -248,7 +274,8 @@ def plot_gap(summary: dict, out: str | Path) -> Path | None:
             err = [[m - r[key]["min"] for m, r in zip(mean, rows)], [r[key]["max"] - m for m, r in zip(mean, rows)]]
             n = max(len(r["seeds"]) for r in rows)
             ax.errorbar(x, mean, yerr=err, marker="o", capsize=3, ls="-" if b[0] else "--",
-                        label=f"stage 1 {b[1]} it, stage 2 {b[2]} it{' + L_BG' if b[0] else ''} ({n} seeds)")
+                        label=f"stage 1 {b[1]} it, stage 2 {b[2]} it{' + L_BG' if b[0] else ''} ({n} seeds, "
+                              f"{'earlier CPU' if b[3] == UNRECORDED_CPU else b[3][:12]})")
         ax.axhline(0, color="k", lw=0.8)
         ax.set_xlabel("data.gap (teacher detail / plane feature spread)")
         ax.set_title(title + "  (< 0: paper's order)")
@@ -261,29 +288,14 @@ def plot_gap(summary: dict, out: str | Path) -> Path | None:
     return out
 
 
-def world_at_gap(p, gap: float, folder: Path, device, truncation_psi: float = 1.0) -> Path:
-    """Render the embedded world of `p` with data.gap = `gap` (no photos) and prepare it -> prepared dir.
-    `truncation_psi` < 1 draws every identity nearer w_avg (a narrower identity distribution)."""
+def world_at_gap(p, gap: float, folder: Path, device) -> Path:
+    """Render the embedded world of `p` with data.gap = `gap` (no photos) and prepare it -> prepared dir."""
     from goae.data.prepare import prepare_all
     from goae.data.world import render_world
     from goae.train import common
     q = dataclasses.replace(p, data=dataclasses.replace(p.data, gap=float(gap), photos=False))
     G, _ = common.load_generator(GENERATOR, device=device)
-    if truncation_psi == 1.0:
-        render_world(G, q.data, folder / "raw", device)
-    else:   # a benchmark-only world lever: the pipeline's world (goae.data.world, a DVC code dep) is untouched
-        from goae.data import world
-        codes = world._codes
-
-        def truncated(G_, n, g, dev):   # same z draws, w = w_avg + psi (w - w_avg)
-            z = torch.randn(n, G_.z_dim, generator=g).to(dev)
-            from goae.eg3d import camera as cam
-            return G_.mapping(z, cam.canonical_camera(n, device=dev), truncation_psi=truncation_psi)
-        world._codes = truncated
-        try:
-            render_world(G, q.data, folder / "raw", device)
-        finally:
-            world._codes = codes
+    render_world(G, q.data, folder / "raw", device)
     prepare_all(q, folder / "raw", folder / "prepared", device, log=lambda *a, **kw: None)
     return folder / "prepared"
 
@@ -331,8 +343,6 @@ def main(argv=None) -> dict:
                                                 "world in a temp dir (default: the world in --data)")
     ap.add_argument("--regions", action="store_true", help="sweep: also record the per-region novel-view errors "
                                                                "of benchmarks/mix_regions.py (a diagnostic)")
-    ap.add_argument("--truncation", type=float, default=1.0,
-                    help="sweep with --gaps: truncation psi of the world's identity codes (1 = the pipeline's)")
     ap.add_argument("--keep", default="", help="sweep: keep the trained models under DIR/gap<g>_s1x<k>_seed<s>/")
     ap.add_argument("--plot", default="benchmarks/results/ablation_gap.png", help="merge: gap plot PNG")
     ap.add_argument("--merge", nargs="+", default=None, help="sweep result files to merge into --out")
@@ -355,7 +365,7 @@ def main(argv=None) -> dict:
         gaps = [float(v) for v in a.gaps.split(",") if v.strip()] or [None]
         for gap in gaps:
             with tempfile.TemporaryDirectory(prefix="goae-world-") as world:
-                data = Path(a.data) if gap is None else world_at_gap(p, gap, Path(world), device, a.truncation)
+                data = Path(a.data) if gap is None else world_at_gap(p, gap, Path(world), device)
                 if a.keep:
                     import shutil
                     shutil.copytree(data / "mead", Path(a.keep) / f"world_gap{gap if gap is not None else p.data.gap:g}"
@@ -363,9 +373,8 @@ def main(argv=None) -> dict:
                 for k in ints(a.stage1):
                     for seed in ints(a.seeds):
                         print(f"[ablation] sweep: gap {gap}, stage 1 at {k}x, seed {seed}", flush=True)
-                        tag = {"gap": p.data.gap if gap is None else gap}
-                        if a.truncation != 1.0:
-                            tag["truncation"] = a.truncation
+                        tag = {"gap": p.data.gap if gap is None else gap, "n_train": p.data.n_train,
+                               "cpu": cpu_name(), "threads": torch.get_num_threads()}
                         done.append(sweep_run(p, k, seed, ints(a.stage2_steps), data, device,
                                               lambda s: print(f"[ablation] {s}", flush=True),
                                               lambda r: save(done + [tag | r]), a.regions,

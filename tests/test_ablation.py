@@ -44,10 +44,25 @@ def test_summary_needs_every_seed_and_reports_the_first_budget():
     assert cells[(40, 30)]["holds_fraction"]["all_hold"] == 0.5
     assert cells[(40, 60)]["seeds"] == [0, 1]
     assert abs(cells[(40, 30)]["mead_lpips_mix_minus_nomix"]["max"] - 0.005) < 1e-12
-    assert s["holds_at"] == {"stage2_bg": False, "gap": 0.0, "stage1_iters": 40, "stage2_iters": 120, "seeds": [0, 1]}
+    old = {"cpu": ablation.UNRECORDED_CPU, "n_train": 24}   # runs from before those fields were recorded
+    assert s["holds_at"] == {"stage2_bg": False, "gap": 0.0, "stage1_iters": 40, "stage2_iters": 120,
+                             "seeds": [0, 1]} | old
     # mean of (+0.005, -0.015) over the two seeds is negative at 30 already
     assert s["holds_in_mean_at"] == {"stage2_bg": False, "gap": 0.0, "stage1_iters": 40, "stage2_iters": 30,
-                                     "seeds": [0, 1]}
+                                     "seeds": [0, 1]} | old
+
+
+def test_cpus_and_worlds_form_their_own_cells_and_a_run_merged_twice_counts_once():
+    """Float rounding differs between CPU models and changes the training trajectory, so seeds run on
+    another CPU (or another train-set size) are other samples, never pooled; a duplicate is dropped."""
+    runs = [{"seed": s, "stage1_iters": 40, "stage2": [_entry(30, GOOD)]} for s in (0, 1)]
+    epyc = [dict(r, cpu="AMD EPYC", stage2=[_entry(30, BAD_MIX)]) for r in runs]
+    big = [dict(r, cpu="AMD EPYC", n_train=96) for r in runs]
+    s = ablation.summarize_sweep(runs + epyc + epyc[:1] + big)
+    assert [(r["cpu"], r["n_train"], r["seeds"]) for r in s["table"]] == [
+        ("AMD EPYC", 24, [0, 1]), ("AMD EPYC", 96, [0, 1]), (ablation.UNRECORDED_CPU, 24, [0, 1])]
+    assert s["table"][0]["holds_fraction"]["all_hold"] == 0.0 and s["table"][2]["holds_fraction"]["all_hold"] == 1.0
+    assert isinstance(ablation.cpu_name(), str) and ablation.cpu_name()
 
 
 def test_summary_per_gap_and_gap_plot(tmp_path):
@@ -55,7 +70,8 @@ def test_summary_per_gap_and_gap_plot(tmp_path):
             for g in (0.0, 1.0) for s in (0, 1)]
     s = ablation.summarize_sweep(runs)
     assert [(r["gap"], r["holds_fraction"]["all_hold"]) for r in s["table"]] == [(0.0, 0.0), (1.0, 1.0)]
-    assert s["holds_at"] == {"stage2_bg": False, "gap": 1.0, "stage1_iters": 40, "stage2_iters": 30, "seeds": [0, 1]}
+    assert s["holds_at"] == {"stage2_bg": False, "gap": 1.0, "stage1_iters": 40, "stage2_iters": 30, "seeds": [0, 1],
+                             "cpu": ablation.UNRECORDED_CPU, "n_train": 24}
     assert s["each_holds_at"]["full_beats_wplus_mse"]["gap"] == 0.0      # MSE holds on both worlds
     assert s["each_holds_at"]["mix_beats_nomix_novel_lpips"]["gap"] == 1.0
     png = ablation.plot_gap(s, tmp_path / "gap.png")
