@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -126,7 +127,6 @@ def sweep_run(p, k: int, seed: int, stage2_steps: list[int], data: Path, device,
                      device, generator=GENERATOR, log=quiet)
         run["stage1_s"] = round(time.time() - t0, 1)
         if keep is not None:
-            import shutil
             shutil.copytree(tmp / "s1", Path(keep) / "s1", dirs_exist_ok=True)
         t_train = [time.time()]
 
@@ -144,7 +144,6 @@ def sweep_run(p, k: int, seed: int, stage2_steps: list[int], data: Path, device,
                                   "mix_mask_mean": mix_mask_mean(q, G, tmp / "s1", snap, data / "celeba", device),
                                   "checks": checks(ev.results), "metrics": subset(ev.results)})
             if keep is not None:
-                import shutil
                 shutil.copytree(snap, Path(keep) / f"s2_{n}", dirs_exist_ok=True)
             if regions:
                 from mix_regions import describe, region_errors
@@ -367,7 +366,6 @@ def main(argv=None) -> dict:
             with tempfile.TemporaryDirectory(prefix="goae-world-") as world:
                 data = Path(a.data) if gap is None else world_at_gap(p, gap, Path(world), device)
                 if a.keep:
-                    import shutil
                     shutil.copytree(data / "mead", Path(a.keep) / f"world_gap{gap if gap is not None else p.data.gap:g}"
                                     / "mead", dirs_exist_ok=True)
                 for k in ints(a.stage1):
