@@ -40,10 +40,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from goae.model.mix import PLANE_AXES  # noqa: E402  (column, row) world axes of planes XY, XZ, ZX
+
 VARIANTS = {"wplus": "planes_wplus", "nomix": "planes_fstar", "mix": "planes_mix"}
 REGIONS = ("vis", "occ", "occ_sure", "amb", "bg", "mixF", "mixW")
 LOWPASS_SIGMA = 6.0   # px at the 128² output; scaled with the image size
-PLANE_AXES = ((0, 1), (0, 2), (2, 0))  # goae.model.mix: (column, row) world axes of planes XY, XZ, ZX
 
 
 def target_points(G, labels: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
@@ -206,15 +207,17 @@ def main(argv=None) -> dict:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--out", default="")
     a = ap.parse_args(argv)
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    from goae.config import load_params
-    from goae.train import common
     import dataclasses
+    from goae.config import load_params
+    from goae.runtime import pick_device
+    from goae.train import common
     p = load_params(a.params)
     p = dataclasses.replace(p, eval=dataclasses.replace(p.eval, fid=False))   # only the LPIPS net is used
-    G, _ = common.load_generator(Path(a.generator), device="cpu")
-    reg = region_errors(p, G, a.stage1, a.stage2, a.mead, "cpu", a.tol, a.margin)
+    if a.threads:
+        p = dataclasses.replace(p, runtime=dataclasses.replace(p.runtime, threads=a.threads))
+    device = pick_device(p.runtime)   # chosen once: cuda when there is one (runtime.device auto)
+    G, _ = common.load_generator(Path(a.generator), device=device)
+    reg = region_errors(p, G, a.stage1, a.stage2, a.mead, device, a.tol, a.margin)
     for g in ("yaw_pm60", "yaw_0", "mead"):
         print(describe(reg, g))
     if a.out:
